@@ -1,0 +1,1 @@
+//! The Trias duty policy.

@@ -1,0 +1,1 @@
+//! The Trias validator: answers whether a token allows an action (not yet built; see issue 3).
