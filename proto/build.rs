@@ -1,0 +1,19 @@
+//! Compiles `trias/v1/*.proto` with protox (pure Rust), so the build needs no system `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "trias/v1/common.proto",
+        "trias/v1/issuer.proto",
+        "trias/v1/validator.proto",
+        "trias/v1/auditor.proto",
+    ];
+    for file in &files {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    let descriptors = protox::compile(files, ["."])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

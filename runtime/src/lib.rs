@@ -1,0 +1,1 @@
+//! What every Trias service needs to run.
