@@ -260,6 +260,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 mod tests {
     use super::*;
 
@@ -315,7 +316,18 @@ mod tests {
         assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_duration("1d"), Some(Duration::from_secs(86400)));
         for bad in [
-            "", "0s", "5", "m", "5 m", "+5m", "-5m", "5M", "1.5h", "5ms", "é", "99999999999999999999d",
+            "",
+            "0s",
+            "5",
+            "m",
+            "5 m",
+            "+5m",
+            "-5m",
+            "5M",
+            "1.5h",
+            "5ms",
+            "é",
+            "99999999999999999999d",
         ] {
             assert_eq!(parse_duration(bad), None, "{bad:?}");
         }
@@ -418,7 +430,10 @@ mod tests {
         );
         assert!(matches!(
             wrong_grant,
-            ConstraintViolation::GrantType { grant: GrantType::ClientCredentials, .. }
+            ConstraintViolation::GrantType {
+                grant: GrantType::ClientCredentials,
+                ..
+            }
         ));
 
         let weak = constraints

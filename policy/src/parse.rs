@@ -185,7 +185,11 @@ impl Source<'_> {
         Ok(roles)
     }
 
-    fn conflicts(&self, raw: &[RawConflict], policy: &Policy) -> Result<Vec<Conflict>, PolicyError> {
+    fn conflicts(
+        &self,
+        raw: &[RawConflict],
+        policy: &Policy,
+    ) -> Result<Vec<Conflict>, PolicyError> {
         let mut conflicts: Vec<Conflict> = Vec::new();
         for entry in raw {
             let name = entry.name.get_ref();
@@ -284,7 +288,11 @@ impl Source<'_> {
         Ok(())
     }
 
-    fn audiences(&self, raw: &[RawAudience], policy: &Policy) -> Result<Vec<Audience>, PolicyError> {
+    fn audiences(
+        &self,
+        raw: &[RawAudience],
+        policy: &Policy,
+    ) -> Result<Vec<Audience>, PolicyError> {
         let mut audiences: Vec<Audience> = Vec::new();
         for entry in raw {
             let id = entry.id.get_ref();
@@ -537,4 +545,519 @@ fn is_absolute_uri(uri: &str) -> bool {
         && !rest.is_empty()
         && !uri.contains('#')
         && !uri.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+mod tests {
+    use super::*;
+    use crate::SAMPLE;
+
+    /// A small valid policy; tests append to it or replace a line, so its line numbers matter.
+    const BASE: [&str; 10] = [
+        r#"[roles]"#,                                                                // 1
+        r#"clerk    = ["payments:read", "payments:create"]"#,                        // 2
+        r#"approver = ["payments:read", "payments:approve"]"#,                       // 3
+        r#"auditor  = ["audit:read"]"#,                                              // 4
+        r#"[[conflict]]"#,                                                           // 5
+        r#"name  = "maker-checker""#,                                                // 6
+        r#"roles = ["clerk", "approver"]"#,                                          // 7
+        r#"[[audience]]"#,                                                           // 8
+        r#"id      = "payments""#,                                                   // 9
+        r#"actions = { create = "payments:create", approve = "payments:approve" }"#, // 10
+    ];
+
+    fn base_with(extra: &[&str]) -> String {
+        BASE.iter()
+            .chain(extra)
+            .copied()
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn base_replacing(line: usize, text: &str) -> String {
+        let mut lines = BASE.to_vec();
+        lines[line - 1] = text;
+        lines.join("\n")
+    }
+
+    #[track_caller]
+    fn assert_rejected(text: &str, line: usize, reason: &str) {
+        let err = Policy::from_toml("p.toml", text).unwrap_err();
+        assert_eq!(err.file, "p.toml");
+        assert_eq!(err.line, Some(line), "{err}");
+        assert!(err.reason.contains(reason), "{err}");
+    }
+
+    #[test]
+    fn the_sample_and_the_base_parse() {
+        let sample = Policy::from_toml("sample-policy.toml", SAMPLE).unwrap();
+        assert_eq!(sample.roles().count(), 5);
+        assert_eq!(sample.conflicts().len(), 2);
+        assert_eq!(sample.audiences().len(), 3);
+        assert_eq!(sample.default_audience().unwrap().id(), "payments");
+        assert!(sample.dual_control("payments").is_some());
+        Policy::from_toml("p.toml", &base_with(&[])).unwrap();
+    }
+
+    #[test]
+    fn an_empty_policy_is_valid_and_grants_nothing() {
+        let policy = Policy::from_toml("p.toml", "").unwrap();
+        assert_eq!(policy.roles().count(), 0);
+        assert_eq!(policy.default_audience(), None);
+    }
+
+    #[test]
+    fn errors_display_file_line_and_reason() {
+        let err = Policy::from_toml(
+            "policy.toml",
+            &base_replacing(7, r#"roles = ["clerk", "y"]"#),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"policy.toml:7: conflict "maker-checker" names unknown role "y""#
+        );
+        let no_line = PolicyError {
+            file: "policy.toml".into(),
+            line: None,
+            reason: "cannot read the policy: gone".into(),
+        };
+        assert_eq!(
+            no_line.to_string(),
+            "policy.toml: cannot read the policy: gone"
+        );
+    }
+
+    #[test]
+    fn load_reads_a_file_and_reports_a_missing_one() {
+        let dir = std::env::temp_dir().join(format!("trias-policy-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("policy.toml");
+        std::fs::write(&path, SAMPLE).unwrap();
+        let policy = Policy::load(&path).unwrap();
+        assert!(policy.has_role("treasurer"));
+
+        std::fs::write(&path, "[roles]\nclerk = []\n").unwrap();
+        let err = Policy::load(&path).unwrap_err();
+        assert_eq!(err.file, path.display().to_string());
+        assert_eq!(err.line, Some(2));
+
+        let missing = dir.join("missing.toml");
+        let err = Policy::load(&missing).unwrap_err();
+        assert_eq!(err.line, None);
+        assert!(err.reason.starts_with("cannot read the policy: "), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn toml_syntax_errors_name_their_line() {
+        assert_rejected("[roles\nclerk = [\"a\"]\n", 1, "");
+        assert_rejected(&base_with(&["", "default_audience = "]), 12, "");
+        assert_rejected(
+            &base_replacing(3, "approver = [\"a\" \"b\"]"),
+            3,
+            "missing comma",
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_everywhere() {
+        assert_rejected("colour = \"red\"\n", 1, "unknown field `colour`");
+        assert_rejected(&base_with(&["owner = \"me\""]), 11, "unknown field `owner`");
+        assert_rejected(
+            &base_replacing(6, "title = \"x\""),
+            6,
+            "unknown field `title`",
+        );
+        assert_rejected(
+            &base_with(&[
+                "[[dual_control]]",
+                "audience = \"payments\"",
+                "distinct = [\"create\", \"approve\"]",
+                "mode = \"strict\"",
+            ]),
+            14,
+            "unknown field `mode`",
+        );
+        assert_rejected(
+            &base_with(&["[scope.\"audit:read\"]", "ttl = \"5m\""]),
+            12,
+            "unknown field `ttl`",
+        );
+    }
+
+    #[test]
+    fn wrong_types_and_missing_fields_are_rejected() {
+        assert_rejected(
+            &base_replacing(4, "auditor = \"audit:read\""),
+            4,
+            "invalid type",
+        );
+        assert_rejected(&base_replacing(7, "roles = \"clerk\""), 7, "invalid type");
+        assert_rejected(
+            &base_replacing(10, "actions = { create = 1 }"),
+            10,
+            "invalid type",
+        );
+        assert_rejected(
+            &base_with(&["[scope.\"audit:read\"]", "refresh = \"no\""]),
+            12,
+            "invalid type",
+        );
+        assert_rejected(&base_replacing(7, ""), 5, "missing field `roles`");
+    }
+
+    #[test]
+    fn roles_need_well_formed_distinct_scopes() {
+        assert_rejected(
+            &base_replacing(4, "auditor = []"),
+            4,
+            r#"role "auditor" has no scopes"#,
+        );
+        assert_rejected(
+            &base_replacing(4, r#"auditor = ["audit:read", "audit:read"]"#),
+            4,
+            r#"role "auditor" lists scope "audit:read" twice"#,
+        );
+        for bad in ["Audit:read", "audit:*", "", "audit read", "audit/read"] {
+            assert_rejected(
+                &base_replacing(4, &format!("auditor = [\"{bad}\"]")),
+                4,
+                &format!("role \"auditor\" has malformed scope {bad:?}"),
+            );
+        }
+        for bad in ["Auditor", "\"audit.or\"", "\"\"", "\"a:b\""] {
+            assert_rejected(
+                &base_replacing(4, &format!("{bad} = [\"audit:read\"]")),
+                4,
+                "malformed role name",
+            );
+        }
+        Policy::from_toml("p.toml", "[roles]\nrole_2-b = [\"a.b_c:d-0\"]\n").unwrap();
+    }
+
+    #[test]
+    fn role_errors_come_in_file_order() {
+        // `zeta` sorts after `alpha` but comes first in the file, so it is the one reported.
+        assert_rejected("[roles]\nzeta = []\nalpha = []\n", 2, r#"role "zeta""#);
+    }
+
+    #[test]
+    fn conflicts_need_two_distinct_known_roles_and_a_unique_name() {
+        assert_rejected(
+            &base_replacing(7, r#"roles = ["clerk"]"#),
+            7,
+            r#"conflict "maker-checker" needs at least two roles"#,
+        );
+        assert_rejected(
+            &base_replacing(7, r#"roles = ["clerk", "clerk"]"#),
+            7,
+            r#"conflict "maker-checker" lists role "clerk" twice"#,
+        );
+        assert_rejected(
+            &base_replacing(7, "roles = [\"clerk\",\n  \"approver\", \"boss\"]"),
+            8,
+            r#"conflict "maker-checker" names unknown role "boss""#,
+        );
+        assert_rejected(
+            &base_replacing(6, r#"name = " ""#),
+            6,
+            "conflict has an empty name",
+        );
+        assert_rejected(
+            &base_with(&[
+                "[[conflict]]",
+                r#"name = "maker-checker""#,
+                r#"roles = ["clerk", "auditor"]"#,
+            ]),
+            12,
+            r#"two conflicts are named "maker-checker""#,
+        );
+    }
+
+    #[test]
+    fn redundant_conflicts_are_rejected() {
+        assert_rejected(
+            &base_with(&[
+                "[[conflict]]",
+                r#"name = "again""#,
+                r#"roles = ["approver", "clerk"]"#,
+            ]),
+            13,
+            r#"conflict "again" has the same roles as conflict "maker-checker""#,
+        );
+        // The contained conflict is the redundant one, even when it comes first.
+        assert_rejected(
+            &base_with(&[
+                "[[conflict]]",
+                r#"name = "wider""#,
+                r#"roles = ["approver", "clerk", "auditor"]"#,
+            ]),
+            7,
+            r#"conflict "maker-checker" is redundant: all its roles are in conflict "wider""#,
+        );
+        // Overlapping without containment is a real, separate rule.
+        Policy::from_toml(
+            "p.toml",
+            &base_with(&[
+                "[[conflict]]",
+                r#"name = "audit""#,
+                r#"roles = ["approver", "auditor"]"#,
+            ]),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_role_may_not_alone_span_a_conflict_it_is_not_in() {
+        let text = [
+            "[roles]",
+            r#"clerk     = ["payments:read", "payments:create"]"#,
+            r#"approver  = ["payments:read", "payments:approve"]"#,
+            r#"superuser = ["payments:create", "payments:approve"]"#,
+            "[[conflict]]",
+            r#"name = "maker-checker""#,
+            r#"roles = ["clerk", "approver"]"#,
+        ]
+        .join("\n");
+        assert_rejected(
+            &text,
+            4,
+            r#"role "superuser" alone spans conflict "maker-checker": its scopes combine the duties of "approver" and "clerk""#,
+        );
+        // A role outside the conflict holding one side's duty, or a shared one, is fine.
+        let fine = text.replace(
+            r#"["payments:create", "payments:approve"]"#,
+            r#"["payments:read", "payments:create"]"#,
+        );
+        Policy::from_toml("p.toml", &fine).unwrap();
+    }
+
+    #[test]
+    fn audiences_need_a_unique_id_actions_and_granted_scopes() {
+        assert_rejected(
+            &base_replacing(9, r#"id = """#),
+            9,
+            "audience has an empty id",
+        );
+        assert_rejected(
+            &base_with(&[
+                "[[audience]]",
+                r#"id = "payments""#,
+                r#"actions = { read = "payments:read" }"#,
+            ]),
+            12,
+            r#"two audiences have id "payments""#,
+        );
+        assert_rejected(
+            &base_replacing(10, "actions = {}"),
+            10,
+            r#"audience "payments" has no actions"#,
+        );
+        assert_rejected(
+            &base_replacing(
+                10,
+                "actions = { create = \"payments:create\",\n  refund = \"payments:refund\" }",
+            ),
+            11,
+            r#"audience "payments": action "refund" needs scope "payments:refund", which no role grants"#,
+        );
+        assert_rejected(
+            &base_replacing(10, r#"actions = { "" = "payments:create" }"#),
+            10,
+            "action with an empty name",
+        );
+    }
+
+    #[test]
+    fn audience_resources_are_unique_absolute_uris() {
+        for good in [
+            "https://payments.example",
+            "urn:trias:payments",
+            "x-a+b.c:d",
+        ] {
+            Policy::from_toml("p.toml", &base_with(&[&format!("resource = \"{good}\"")])).unwrap();
+        }
+        for bad in [
+            "payments.example",
+            "://payments",
+            "1http://x",
+            "https:",
+            "https://x/#top",
+            "https://x y",
+            "",
+        ] {
+            assert_rejected(
+                &base_with(&[&format!("resource = \"{bad}\"")]),
+                11,
+                "which is not an absolute URI",
+            );
+        }
+        assert_rejected(
+            &base_with(&[
+                r#"resource = "https://payments.example""#,
+                "[[audience]]",
+                r#"id = "audit""#,
+                r#"resource = "https://payments.example""#,
+                r#"actions = { read = "audit:read" }"#,
+            ]),
+            14,
+            r#"audiences "payments" and "audit" have the same resource "https://payments.example""#,
+        );
+    }
+
+    #[test]
+    fn default_audience_must_exist() {
+        let text = format!("default_audience = \"ledger\"\n{}", base_with(&[]));
+        assert_rejected(
+            &text,
+            1,
+            r#"default_audience names unknown audience "ledger""#,
+        );
+        let text = format!("default_audience = \"payments\"\n{}", base_with(&[]));
+        let policy = Policy::from_toml("p.toml", &text).unwrap();
+        assert_eq!(policy.default_audience().unwrap().id(), "payments");
+    }
+
+    fn dual(audience: &str, distinct: &str) -> Vec<String> {
+        vec![
+            "[[dual_control]]".into(),
+            format!("audience = \"{audience}\""),
+            format!("distinct = {distinct}"),
+        ]
+    }
+
+    fn base_with_owned(extra: &[String]) -> String {
+        base_with(&extra.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn dual_control_rules_are_checked() {
+        Policy::from_toml(
+            "p.toml",
+            &base_with_owned(&dual("payments", r#"["create", "approve"]"#)),
+        )
+        .unwrap();
+        assert_rejected(
+            &base_with_owned(&dual("ledger", r#"["create", "approve"]"#)),
+            12,
+            r#"dual_control names unknown audience "ledger""#,
+        );
+        assert_rejected(
+            &base_with_owned(&dual("payments", r#"["create", "refund"]"#)),
+            13,
+            r#"dual_control names action "refund", which audience "payments" does not define"#,
+        );
+        assert_rejected(
+            &base_with_owned(&dual("payments", r#"["create"]"#)),
+            13,
+            r#"dual_control for audience "payments" needs at least two actions"#,
+        );
+        assert_rejected(
+            &base_with_owned(&dual("payments", r#"["create", "approve", "create"]"#)),
+            13,
+            r#"dual_control for audience "payments" lists action "create" twice"#,
+        );
+        let mut twice = dual("payments", r#"["create", "approve"]"#);
+        twice.extend(dual("payments", r#"["approve", "create"]"#));
+        assert_rejected(
+            &base_with_owned(&twice),
+            15,
+            r#"two dual_control rules for audience "payments""#,
+        );
+    }
+
+    #[test]
+    fn scope_rule_patterns_must_match_a_known_scope() {
+        for good in ["payments:read", "payments:*", "pay*", "*"] {
+            let text = base_with(&["", &format!("[scope.\"{good}\"]"), "refresh = false"]);
+            Policy::from_toml("p.toml", &text).unwrap();
+        }
+        for bad in [
+            "payments:refund",
+            "admin:*",
+            "payments:*:x",
+            "pay*ments",
+            "Payments:*",
+            "**",
+        ] {
+            assert_rejected(
+                &base_with(&["", &format!("[scope.\"{bad}\"]"), "refresh = false"]),
+                12,
+                &format!("[scope.{bad:?}] matches no scope any role grants"),
+            );
+        }
+    }
+
+    #[test]
+    fn scope_rule_values_are_checked() {
+        let rule = |line: &str| base_with(&["[scope.\"payments:*\"]", line]);
+        assert_rejected(
+            &rule("grant_types = []"),
+            12,
+            r#"[scope."payments:*"] has an empty grant_types"#,
+        );
+        assert_rejected(
+            &rule(r#"grant_types = ["authorization_code", "password"]"#),
+            12,
+            r#"[scope."payments:*"] has unknown grant type "password""#,
+        );
+        assert_rejected(
+            &rule(r#"grant_types = ["refresh_token", "refresh_token"]"#),
+            12,
+            r#"lists grant type "refresh_token" twice"#,
+        );
+        assert_rejected(
+            &rule(r#"min_acr = "otp""#),
+            12,
+            r#"[scope."payments:*"] has unknown min_acr "otp""#,
+        );
+        for bad in ["0s", "5", "five minutes", "-1m", "1w"] {
+            assert_rejected(
+                &rule(&format!("max_ttl = \"{bad}\"")),
+                12,
+                &format!(
+                    "[scope.\"payments:*\"] has max_ttl {bad:?}, which is not a positive duration"
+                ),
+            );
+        }
+        let policy = Policy::from_toml(
+            "p.toml",
+            &base_with(&[
+                "[scope.\"payments:*\"]",
+                r#"grant_types = ["client_credentials", "authorization_code"]"#,
+                r#"min_acr = "pwd""#,
+                r#"max_ttl = "1h""#,
+                "[scope.\"payments:approve\"]",
+                r#"grant_types = ["authorization_code", "refresh_token"]"#,
+                r#"min_acr = "mfa""#,
+                r#"max_ttl = "90s""#,
+                "refresh = false",
+            ]),
+        )
+        .unwrap();
+        let scopes = |list: &[&str]| list.iter().map(|s| s.to_string()).collect();
+        let approve = policy.constraints(&scopes(&["payments:read", "payments:approve"]));
+        assert_eq!(
+            approve.grant_types,
+            Some([GrantType::AuthorizationCode].into_iter().collect())
+        );
+        assert_eq!(approve.min_acr, Some(Acr::Mfa));
+        assert_eq!(approve.max_ttl, Some(std::time::Duration::from_secs(90)));
+        assert!(!approve.refresh);
+        let read = policy.constraints(&scopes(&["payments:read"]));
+        assert_eq!(read.min_acr, Some(Acr::Pwd));
+        assert_eq!(read.max_ttl, Some(std::time::Duration::from_secs(3600)));
+        assert!(read.refresh);
+        assert!(
+            read.permits(GrantType::ClientCredentials, Some(Acr::Pwd))
+                .is_ok()
+        );
+        assert!(
+            read.permits(GrantType::RefreshToken, Some(Acr::Pwd))
+                .is_err()
+        );
+        assert!(policy.constraints(&scopes(&["audit:read"])).refresh);
+    }
 }

