@@ -1,1 +1,139 @@
-//! The Trias issuer.
+//! The Trias issuer: the only process that holds token-signing keys. It authenticates clients
+//! and users, mints short-lived access tokens (RFC 9068 JWTs) and rotating refresh tokens,
+//! enforces static separation of duties at minting, publishes its public keys and revocations,
+//! and writes every outcome to its durable audit outbox.
+//!
+//! [`serve`] runs the gRPC API and the HTTP endpoints on listeners it is given, until the
+//! shutdown future completes; the binary and the tests run the same code.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod issuer;
+pub mod keys;
+pub mod secrets;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use trias_policy::Policy;
+use trias_runtime::clock::Clock;
+use trias_runtime::outbox::{Outbox, OutboxConfig};
+
+pub use config::IssuerConfig;
+pub use error::Error;
+pub use issuer::{Actor, Issuer, Settings};
+
+/// Why the issuer could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("policy: {0}")]
+    Policy(#[from] trias_policy::PolicyError),
+    #[error("data directory {path}: {reason}")]
+    DataDir { path: String, reason: String },
+    #[error("database: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("audit outbox: {0}")]
+    Outbox(#[from] trias_runtime::outbox::OutboxError),
+    #[error("issuer: {0}")]
+    Issuer(#[from] Error),
+    #[error("server: {0}")]
+    Serve(String),
+}
+
+/// Opens everything the configuration names — policy, database (migrated), outbox, keys —
+/// and builds the issuer.
+pub async fn open(config: &IssuerConfig, clock: Arc<dyn Clock>) -> Result<Issuer, StartError> {
+    let policy = Policy::load(&config.policy)?;
+    create_private_dir(&config.data_dir)?;
+    let store = store::Store::open(&config.database_url()).await?;
+    let outbox = Outbox::open(
+        OutboxConfig::new(config.outbox_path(), config.audit.producer.clone()),
+        Arc::clone(&clock),
+    )
+    .await?;
+    let settings = Settings {
+        issuer: config.issuer_url(),
+        access_ttl: config.access_token_ttl,
+        refresh_ttl: config.refresh_token_ttl,
+        code_ttl: config.code_ttl,
+        key_publish_delay: config.key_publish_delay,
+        key_algorithm: config.key_algorithm,
+        strict_audit: config.audit.strict,
+        role_grant_ttl: config.role_grant_ttl,
+        admin_audience: config.admin_audience.clone(),
+    };
+    Ok(Issuer::new(store, policy, outbox, clock, settings).await?)
+}
+
+/// Creates the data directory readable by its owner only: it holds the signing keys.
+fn create_private_dir(path: &std::path::Path) -> Result<(), StartError> {
+    let failed = |e: std::io::Error| StartError::DataDir {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    std::fs::create_dir_all(path).map_err(failed)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(failed)?;
+    }
+    Ok(())
+}
+
+/// Serves the gRPC API on `grpc` and the HTTP endpoints on `http` until `shutdown`
+/// completes, then drains in-flight requests and closes the outbox.
+pub async fn serve(
+    issuer: Issuer,
+    grpc: TcpListener,
+    http: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    // Keys rotated by another issuer sharing the database become visible within a minute.
+    let reloader = {
+        let issuer = issuer.clone();
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move {
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    () = &mut stop => return,
+                    () = tokio::time::sleep(std::time::Duration::from_secs(30)) => {
+                        if let Err(e) = issuer.reload_keys().await {
+                            tracing::warn!(error = %e, "reloading signing keys failed");
+                        }
+                    }
+                }
+            }
+        })
+    };
+
+    let grpc_server = tonic::transport::Server::builder()
+        .add_service(grpc::IssuerService::new(issuer.clone()).into_server())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped(stop_rx.clone()));
+    let http_server = axum::serve(http, http::router(issuer.clone()))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let (grpc_result, http_result) = tokio::join!(grpc_server, http_server);
+    reloader.abort();
+    issuer.outbox().close().await;
+    issuer.store().close().await;
+    grpc_result.map_err(|e| StartError::Serve(format!("grpc: {e}")))?;
+    http_result.map_err(|e| StartError::Serve(format!("http: {e}")))?;
+    Ok(())
+}

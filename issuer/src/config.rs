@@ -1,0 +1,243 @@
+//! The issuer's configuration: a TOML file plus `TRIAS_ISSUER_` environment variables,
+//! strict (unknown keys are errors) and validated at start-up.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use trias_runtime::config::duration;
+use trias_runtime::secret::Secret;
+
+use crate::keys::KeyAlgorithm;
+
+/// The prefix of the issuer's environment variables.
+pub const ENV_PREFIX: &str = "TRIAS_ISSUER_";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Address of the gRPC API.
+    #[serde(default = "default_grpc_addr")]
+    pub grpc_addr: SocketAddr,
+    /// Address of the HTTP endpoints (token, revoke, metadata, JWKS).
+    #[serde(default = "default_http_addr")]
+    pub http_addr: SocketAddr,
+    /// The `iss` of every token; defaults to `http://<http_addr>`.
+    #[serde(default)]
+    pub issuer_url: Option<String>,
+    /// Where the SQLite database and the outbox live by default.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`; defaults to `sqlite://<data_dir>/issuer.db`.
+    #[serde(default)]
+    pub database_url: Option<Secret<String>>,
+    /// The duty policy file.
+    pub policy: PathBuf,
+    #[serde(default = "default_access_ttl", with = "duration")]
+    pub access_token_ttl: Duration,
+    #[serde(default = "default_refresh_ttl", with = "duration")]
+    pub refresh_token_ttl: Duration,
+    #[serde(default = "default_code_ttl", with = "duration")]
+    pub code_ttl: Duration,
+    #[serde(default = "default_publish_delay", with = "duration")]
+    pub key_publish_delay: Duration,
+    #[serde(default = "default_grant_ttl", with = "duration")]
+    pub role_grant_ttl: Duration,
+    #[serde(default)]
+    pub key_algorithm: KeyAlgorithm,
+    /// The audience of the tokens the admin API accepts.
+    #[serde(default = "default_admin_audience")]
+    pub admin_audience: String,
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// Log as JSON lines.
+    #[serde(default)]
+    pub log_json: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The outbox file; defaults to `<data_dir>/issuer-outbox.db`.
+    #[serde(default)]
+    pub outbox: Option<PathBuf>,
+    /// Refuse to mint when the outbox cannot persist the event.
+    #[serde(default = "default_true")]
+    pub strict: bool,
+    /// This producer's name in the audit log.
+    #[serde(default = "default_producer")]
+    pub producer: String,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            outbox: None,
+            strict: true,
+            producer: default_producer(),
+        }
+    }
+}
+
+fn default_grpc_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7401))
+}
+fn default_http_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7402))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(".trias/issuer")
+}
+fn default_access_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_refresh_ttl() -> Duration {
+    Duration::from_secs(8 * 3600)
+}
+fn default_code_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_publish_delay() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_grant_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_admin_audience() -> String {
+    "issuer-admin".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_producer() -> String {
+    "issuer".into()
+}
+
+impl IssuerConfig {
+    /// Loads the configuration from an optional file and the environment map.
+    pub fn load(
+        file: Option<&Path>,
+        env: &std::collections::BTreeMap<String, String>,
+    ) -> Result<IssuerConfig, trias_runtime::config::ConfigError> {
+        let config: IssuerConfig = trias_runtime::config::load(file, env, ENV_PREFIX)?;
+        config
+            .validate()
+            .map_err(|(key, reason)| trias_runtime::config::ConfigError {
+                source: file.map_or_else(|| "environment".to_owned(), |f| f.display().to_string()),
+                key: Some(key.to_owned()),
+                reason,
+            })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.access_token_ttl > Duration::from_secs(3600) {
+            return Err((
+                "access_token_ttl",
+                "must be at most 1h: access tokens are short-lived".into(),
+            ));
+        }
+        if self.code_ttl > Duration::from_secs(600) {
+            return Err(("code_ttl", "must be at most 10m (RFC 6749 §4.1.2)".into()));
+        }
+        if let Some(url) = &self.issuer_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(("issuer_url", "must be an http(s) url".into()));
+        }
+        if let Some(url) = &self.database_url {
+            let url = url.expose();
+            if !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+            {
+                return Err((
+                    "database_url",
+                    "must start with sqlite: or postgres://".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The issuer URL (`iss`).
+    pub fn issuer_url(&self) -> String {
+        self.issuer_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.http_addr))
+    }
+
+    /// The database URL, defaulting to a SQLite file in the data directory.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.expose().clone(),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("issuer.db").display()
+            ),
+        }
+    }
+
+    /// The outbox file.
+    pub fn outbox_path(&self) -> PathBuf {
+        self.audit
+            .outbox
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("issuer-outbox.db"))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly")]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn environment_sets_keys_and_defaults_fill_the_rest() {
+        let env = BTreeMap::from([
+            ("TRIAS_ISSUER_POLICY".to_owned(), "policy.toml".to_owned()),
+            ("TRIAS_ISSUER_ACCESS_TOKEN_TTL".to_owned(), "2m".to_owned()),
+            ("TRIAS_ISSUER_AUDIT__STRICT".to_owned(), "false".to_owned()),
+        ]);
+        let config = IssuerConfig::load(None, &env).unwrap();
+        assert_eq!(config.access_token_ttl, Duration::from_secs(120));
+        assert!(!config.audit.strict);
+        assert_eq!(config.issuer_url(), "http://127.0.0.1:7402");
+        assert!(config.database_url().starts_with("sqlite://"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let env = BTreeMap::from([
+            ("TRIAS_ISSUER_POLICY".to_owned(), "p.toml".to_owned()),
+            ("TRIAS_ISSUER_ACCES_TOKEN_TTL".to_owned(), "2m".to_owned()),
+        ]);
+        let error = IssuerConfig::load(None, &env).unwrap_err().to_string();
+        assert!(error.contains("acces_token_ttl"), "{error}");
+        let env = BTreeMap::from([
+            ("TRIAS_ISSUER_POLICY".to_owned(), "p.toml".to_owned()),
+            ("TRIAS_ISSUER_ACCESS_TOKEN_TTL".to_owned(), "2h".to_owned()),
+        ]);
+        let error = IssuerConfig::load(None, &env).unwrap_err().to_string();
+        assert!(
+            error.contains("access_token_ttl") && error.contains("at most 1h"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn database_url_is_never_printed() {
+        let env = BTreeMap::from([
+            ("TRIAS_ISSUER_POLICY".to_owned(), "p.toml".to_owned()),
+            (
+                "TRIAS_ISSUER_DATABASE_URL".to_owned(),
+                "postgres://u:hunter2@db/x".to_owned(),
+            ),
+        ]);
+        let config = IssuerConfig::load(None, &env).unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,133 @@
+//! The issuer's errors and their one mapping to gRPC statuses and OAuth error codes.
+
+use std::collections::HashMap;
+
+use tonic::Code;
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// Everything a caller of the issuer can be told went wrong. Messages are safe to show the
+/// caller; internal details go to the log, never into the message.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("client authentication failed")]
+    InvalidClient,
+    #[error("{0}")]
+    InvalidGrant(String),
+    #[error("{0}")]
+    UnauthorizedClient(String),
+    #[error("unsupported grant type {0}")]
+    UnsupportedGrantType(String),
+    #[error("{0}")]
+    InvalidScope(String),
+    #[error("{0}")]
+    InvalidTarget(String),
+    #[error("{0}")]
+    AccessDenied(String),
+    #[error("invalid username or password")]
+    LoginFailed,
+    #[error("unsupported token type hint")]
+    UnsupportedTokenType,
+    #[error("{0}")]
+    InvalidToken(String),
+    #[error("{0}")]
+    InsufficientScope(String),
+    #[error("a second factor (totp) is required for the requested scope")]
+    MfaRequired,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("the audit outbox cannot record the event; nothing was issued")]
+    AuditUnavailable,
+    /// The string is for the log only; the caller sees "internal error".
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl Error {
+    /// The OAuth error code (RFC 6749 §5.2 and friends) for this error.
+    pub fn oauth_code(&self) -> &'static str {
+        match self {
+            Error::InvalidRequest(_) | Error::NotFound(_) | Error::AlreadyExists(_) => {
+                "invalid_request"
+            }
+            Error::InvalidClient => "invalid_client",
+            Error::InvalidGrant(_) => "invalid_grant",
+            Error::UnauthorizedClient(_) => "unauthorized_client",
+            Error::UnsupportedGrantType(_) => "unsupported_grant_type",
+            Error::InvalidScope(_) => "invalid_scope",
+            Error::InvalidTarget(_) => "invalid_target",
+            Error::AccessDenied(_) | Error::LoginFailed => "access_denied",
+            Error::UnsupportedTokenType => "unsupported_token_type",
+            Error::InvalidToken(_) => "invalid_token",
+            Error::InsufficientScope(_) => "insufficient_scope",
+            Error::MfaRequired => "mfa_required",
+            Error::AuditUnavailable => "temporarily_unavailable",
+            Error::Internal(_) => "server_error",
+        }
+    }
+
+    /// The HTTP status of the RFC 6749 JSON error response.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Error::InvalidClient | Error::InvalidToken(_) => 401,
+            Error::AccessDenied(_) | Error::LoginFailed | Error::InsufficientScope(_) => 403,
+            Error::NotFound(_) => 404,
+            Error::AlreadyExists(_) => 409,
+            Error::AuditUnavailable => 503,
+            Error::Internal(_) => 500,
+            _ => 400,
+        }
+    }
+
+    fn grpc_code(&self) -> Code {
+        match self {
+            Error::InvalidRequest(_)
+            | Error::InvalidScope(_)
+            | Error::InvalidTarget(_)
+            | Error::UnsupportedTokenType
+            | Error::UnsupportedGrantType(_) => Code::InvalidArgument,
+            Error::InvalidClient | Error::InvalidToken(_) | Error::LoginFailed => {
+                Code::Unauthenticated
+            }
+            Error::InvalidGrant(_)
+            | Error::UnauthorizedClient(_)
+            | Error::AccessDenied(_)
+            | Error::InsufficientScope(_) => Code::PermissionDenied,
+            Error::MfaRequired => Code::FailedPrecondition,
+            Error::NotFound(_) => Code::NotFound,
+            Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::AuditUnavailable => Code::Unavailable,
+            Error::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+/// The domain of the `google.rpc.ErrorInfo` every Trias error carries.
+pub const ERROR_DOMAIN: &str = "trias";
+
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> Self {
+        if let Error::Internal(detail) = &error {
+            tracing::error!(%detail, "internal error");
+        }
+        let message = error.to_string();
+        let metadata = HashMap::from([("error_description".to_owned(), message.clone())]);
+        let details = ErrorDetails::with_error_info(error.oauth_code(), ERROR_DOMAIN, metadata);
+        tonic::Status::with_error_details(error.grpc_code(), message, details)
+    }
+}
+
+impl From<crate::store::StoreError> for Error {
+    fn from(error: crate::store::StoreError) -> Self {
+        use crate::store::StoreError;
+        match error {
+            StoreError::AlreadyExists(what) => Error::AlreadyExists(what),
+            StoreError::NotFound(what) => Error::NotFound(what),
+            StoreError::Database(e) => Error::Internal(format!("database: {e}")),
+            StoreError::Corrupt(what) => Error::Internal(format!("corrupt row: {what}")),
+        }
+    }
+}

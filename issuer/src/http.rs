@@ -1,0 +1,245 @@
+//! The issuer's HTTP endpoints, so that standard OAuth clients work unchanged: the token
+//! endpoint (RFC 6749), revocation (RFC 7009), server metadata (RFC 8414) and the JWKS
+//! (RFC 7517). Errors are RFC 6749 §5.2 JSON with the matching HTTP status.
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use data_encoding::BASE64;
+use serde_json::json;
+
+use crate::error::Error;
+use crate::issuer::{Issuer, TokenInput};
+use crate::keys::jwks_json;
+
+/// Largest accepted request body: an OAuth form is a few hundred bytes.
+const MAX_BODY: usize = 16 * 1024;
+
+/// The HTTP router; serve it with `axum::serve`.
+pub fn router(issuer: Issuer) -> Router {
+    Router::new()
+        .route("/oauth2/token", post(token))
+        .route("/oauth2/revoke", post(revoke))
+        .route("/.well-known/oauth-authorization-server", get(metadata))
+        .route("/.well-known/jwks.json", get(jwks))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(issuer)
+}
+
+/// An OAuth error response; `basic` adds the challenge RFC 6749 §5.2 asks for when the client
+/// tried HTTP Basic.
+struct OAuthError {
+    error: Error,
+    basic: bool,
+}
+
+impl From<Error> for OAuthError {
+    fn from(error: Error) -> Self {
+        OAuthError {
+            error,
+            basic: false,
+        }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        if let Error::Internal(detail) = &self.error {
+            tracing::error!(%detail, "internal error");
+        }
+        let status =
+            StatusCode::from_u16(self.error.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+        let body = json!({ "error": self.error.oauth_code(), "error_description": self.error.to_string() });
+        let mut response = (status, no_store(), axum::Json(body)).into_response();
+        if self.basic && status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"trias\""),
+            );
+        }
+        response
+    }
+}
+
+fn no_store() -> [(header::HeaderName, HeaderValue); 2] {
+    [
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        (header::PRAGMA, HeaderValue::from_static("no-cache")),
+    ]
+}
+
+/// A parsed `application/x-www-form-urlencoded` body. Empty values count as absent
+/// (RFC 6749 §3.1); a repeated parameter is an error (§3.1, §3.2); unknown ones are ignored.
+struct Form(HashMap<String, String>);
+
+impl Form {
+    fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Form, Error> {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let media_type = content_type.split(';').next().unwrap_or("").trim();
+        if !media_type.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+            return Err(Error::InvalidRequest(
+                "the body must be application/x-www-form-urlencoded".into(),
+            ));
+        }
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
+            .map_err(|_| Error::InvalidRequest("the form body is malformed".into()))?;
+        let mut map = HashMap::new();
+        for (key, value) in pairs {
+            if value.is_empty() {
+                continue;
+            }
+            if map.insert(key.clone(), value).is_some() {
+                return Err(Error::InvalidRequest(format!(
+                    "parameter {key} is repeated"
+                )));
+            }
+        }
+        Ok(Form(map))
+    }
+
+    fn take(&mut self, key: &str) -> Option<String> {
+        self.0.remove(key)
+    }
+}
+
+/// Client credentials from HTTP Basic (RFC 6749 §2.3.1, form-encoded then base64) or from
+/// the body, never both.
+fn client_credentials(
+    headers: &HeaderMap,
+    form: &mut Form,
+) -> Result<(String, Option<String>, bool), Error> {
+    let body_id = form.take("client_id");
+    let body_secret = form.take("client_secret");
+    let Some(auth) = headers.get(header::AUTHORIZATION) else {
+        return Ok((body_id.unwrap_or_default(), body_secret, false));
+    };
+    let auth = auth.to_str().map_err(|_| Error::InvalidClient)?;
+    let Some(encoded) = auth.strip_prefix("Basic ") else {
+        return Err(Error::InvalidRequest(
+            "only HTTP Basic client authentication is supported".into(),
+        ));
+    };
+    if body_secret.is_some() {
+        return Err(Error::InvalidRequest(
+            "the client authenticated in more than one way".into(),
+        ));
+    }
+    let decoded = BASE64
+        .decode(encoded.trim().as_bytes())
+        .map_err(|_| Error::InvalidClient)?;
+    let decoded = String::from_utf8(decoded).map_err(|_| Error::InvalidClient)?;
+    let (id, secret) = decoded.split_once(':').ok_or(Error::InvalidClient)?;
+    let unescape = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8()
+            .map(|c| c.into_owned())
+            .map_err(|_| Error::InvalidClient)
+    };
+    let (id, secret) = (unescape(id)?, unescape(secret)?);
+    if body_id.as_ref().is_some_and(|b| *b != id) {
+        return Err(Error::InvalidRequest(
+            "client_id differs from the authenticated client".into(),
+        ));
+    }
+    Ok((id, Some(secret), true))
+}
+
+async fn token(State(issuer): State<Issuer>, headers: HeaderMap, body: Bytes) -> Response {
+    let mut basic = headers.contains_key(header::AUTHORIZATION);
+    let result = async {
+        let mut form = Form::parse(&headers, &body)?;
+        let (client_id, client_secret, used_basic) = client_credentials(&headers, &mut form)?;
+        basic = used_basic;
+        let input = TokenInput {
+            grant_type: form.take("grant_type").unwrap_or_default(),
+            client_id,
+            client_secret,
+            scope: form.take("scope"),
+            resource: form.take("resource"),
+            code: form.take("code"),
+            code_verifier: form.take("code_verifier"),
+            redirect_uri: form.take("redirect_uri"),
+            refresh_token: form.take("refresh_token"),
+        };
+        issuer.token(input).await
+    }
+    .await;
+    match result {
+        Ok(issued) => {
+            let mut body = json!({
+                "access_token": issued.access_token,
+                "token_type": "Bearer",
+                "expires_in": issued.expires_in,
+                "scope": issued.scope,
+            });
+            if let Some(refresh) = issued.refresh_token {
+                body["refresh_token"] = json!(refresh);
+            }
+            (StatusCode::OK, no_store(), axum::Json(body)).into_response()
+        }
+        Err(error) => OAuthError { error, basic }.into_response(),
+    }
+}
+
+async fn revoke(State(issuer): State<Issuer>, headers: HeaderMap, body: Bytes) -> Response {
+    let mut basic = headers.contains_key(header::AUTHORIZATION);
+    let result = async {
+        let mut form = Form::parse(&headers, &body)?;
+        let (client_id, client_secret, used_basic) = client_credentials(&headers, &mut form)?;
+        basic = used_basic;
+        let token = form
+            .take("token")
+            .ok_or_else(|| Error::InvalidRequest("token is required".into()))?;
+        let hint = form.take("token_type_hint");
+        issuer
+            .revoke(
+                &client_id,
+                client_secret.as_deref(),
+                &token,
+                hint.as_deref(),
+            )
+            .await
+    }
+    .await;
+    match result {
+        Ok(()) => (StatusCode::OK, no_store()).into_response(),
+        Err(error) => OAuthError { error, basic }.into_response(),
+    }
+}
+
+async fn metadata(State(issuer): State<Issuer>) -> Response {
+    let base = issuer.settings().issuer.trim_end_matches('/').to_owned();
+    let scopes: Vec<&str> = issuer.policy().scopes().collect();
+    axum::Json(json!({
+        "issuer": issuer.settings().issuer,
+        "token_endpoint": format!("{base}/oauth2/token"),
+        "revocation_endpoint": format!("{base}/oauth2/revoke"),
+        "jwks_uri": format!("{base}/.well-known/jwks.json"),
+        "grant_types_supported": ["client_credentials", "authorization_code", "refresh_token"],
+        "response_types_supported": ["code"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "scopes_supported": scopes,
+    }))
+    .into_response()
+}
+
+async fn jwks(State(issuer): State<Issuer>) -> Response {
+    (
+        [(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=60"),
+        )],
+        axum::Json(jwks_json(&issuer.jwks())),
+    )
+        .into_response()
+}
