@@ -1,1 +1,3 @@
-//! End-to-end tests.
+//! End-to-end tests: one binary, so the workspace is linked once for all of them.
+
+mod issuer;
