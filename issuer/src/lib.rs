@@ -16,6 +16,8 @@ pub mod issuer;
 pub mod keys;
 pub mod secrets;
 pub mod store;
+#[cfg(test)]
+mod store_tests;
 
 use std::future::Future;
 use std::sync::Arc;

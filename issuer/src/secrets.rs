@@ -172,11 +172,11 @@ mod tests {
         assert!(is_valid_pkce_value(verifier));
         assert!(pkce_matches(
             verifier,
-            "E9Melhoa2OvFrEMHhq6gkJEg4IsKlzGBn1j6oj3vWLs"
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
         ));
         assert!(!pkce_matches(
             "x",
-            "E9Melhoa2OvFrEMHhq6gkJEg4IsKlzGBn1j6oj3vWLs"
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
         ));
         assert!(!is_valid_pkce_value("short"));
         assert!(!is_valid_pkce_value(&"a".repeat(129)));

@@ -10,3 +10,4 @@ pub mod event;
 pub mod outbox;
 pub mod secret;
 pub mod telemetry;
+pub mod testing;

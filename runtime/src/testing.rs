@@ -1,0 +1,33 @@
+//! Helpers for the test suites of every service: a fresh PostgreSQL database per test.
+//! Not used by the services themselves.
+
+/// The environment variable naming a PostgreSQL server for the PostgreSQL suites, e.g.
+/// `postgres://postgres@127.0.0.1:5432/postgres`.
+pub const POSTGRES_ENV: &str = "TRIAS_TEST_POSTGRES_URL";
+
+/// Creates a fresh, uniquely named database on the server `TRIAS_TEST_POSTGRES_URL` names and
+/// returns its URL; `None`, with a printed message, when the variable is not set. Panics if
+/// the variable is set but the server cannot be used: a configured suite must not pass by
+/// skipping.
+#[allow(clippy::expect_used, reason = "test setup fails loudly")]
+pub async fn fresh_postgres() -> Option<String> {
+    let Ok(admin_url) = std::env::var(POSTGRES_ENV) else {
+        eprintln!("skipping the PostgreSQL run: {POSTGRES_ENV} is not set");
+        return None;
+    };
+    sqlx::any::install_default_drivers();
+    let mut bytes = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .expect("system random number generator");
+    let name = format!("trias_test_{}", data_encoding::HEXLOWER.encode(&bytes));
+    let pool = sqlx::AnyPool::connect(&admin_url)
+        .await
+        .expect("connect to the PostgreSQL server named by TRIAS_TEST_POSTGRES_URL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&pool)
+        .await
+        .expect("create a test database");
+    pool.close().await;
+    let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(base, _)| base);
+    Some(format!("{base}/{name}"))
+}
