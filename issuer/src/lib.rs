@@ -55,7 +55,11 @@ pub enum StartError {
 pub async fn open(config: &IssuerConfig, clock: Arc<dyn Clock>) -> Result<Issuer, StartError> {
     let policy = Policy::load(&config.policy)?;
     create_private_dir(&config.data_dir)?;
-    let store = store::Store::open(&config.database_url()).await?;
+    let url = config.database_url();
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        create_private_file(std::path::Path::new(path.split('?').next().unwrap_or(path)))?;
+    }
+    let store = store::Store::open(&url).await?;
     let outbox = Outbox::open(
         OutboxConfig::new(config.outbox_path(), config.audit.producer.clone()),
         Arc::clone(&clock),
@@ -87,6 +91,60 @@ fn create_private_dir(path: &std::path::Path) -> Result<(), StartError> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(failed)?;
     }
+    Ok(())
+}
+
+/// Opens the issuer the configuration describes, binds its listeners and serves until
+/// `shutdown` completes: what the binary (and `trias serve issuer`) runs.
+pub async fn run(
+    config: &IssuerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let issuer = open(config, Arc::new(trias_runtime::clock::SystemClock)).await?;
+    let bind = |addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| StartError::Serve(format!("cannot listen on {addr}: {e}")))
+    };
+    let grpc = bind(config.grpc_addr).await?;
+    let http = bind(config.http_addr).await?;
+    tracing::info!(grpc = %config.grpc_addr, http = %config.http_addr, issuer = %issuer.settings().issuer, "issuer listening");
+    serve(issuer, grpc, http, shutdown).await?;
+    tracing::info!("issuer stopped");
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM: the shutdown signal of the binaries.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+}
+
+/// Creates the SQLite database file owner-only before SQLite does (it holds the private
+/// signing keys); SQLite gives its -wal and -shm files the same mode.
+fn create_private_file(path: &std::path::Path) -> Result<(), StartError> {
+    let failed = |e: std::io::Error| StartError::DataDir { path: path.display().to_string(), reason: e.to_string() };
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path).map_err(failed)?;
     Ok(())
 }
 

@@ -1,0 +1,239 @@
+//! `trias up`: the whole suite on one machine, each service a separate process of this
+//! binary (`trias serve <service>`), on the embedded SQLite default.
+//!
+//! The first run creates the data directory: the sample policy, one configuration file per
+//! service, and demo clients and users, whose credentials go to `stack.env` and `stack.json`
+//! (owner-only) so scripts can use the running stack without parsing logs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::process::{Child, Command};
+use trias_issuer::issuer::{Actor, ClientSpec};
+use trias_issuer::IssuerConfig;
+use trias_policy::GrantType;
+
+type Error = Box<dyn std::error::Error>;
+
+const ISSUER_GRPC: &str = "127.0.0.1:7401";
+const ISSUER_HTTP: &str = "127.0.0.1:7402";
+const DEMO_REDIRECT: &str = "http://127.0.0.1:7480/callback";
+
+/// Runs one service in this process until Ctrl-C or SIGTERM.
+pub async fn serve(service: &str, config_path: &Path) -> Result<(), Error> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    match service {
+        "issuer" => {
+            let config = IssuerConfig::load(Some(config_path), &env)?;
+            trias_runtime::telemetry::init(config.log_json);
+            trias_issuer::run(&config, trias_issuer::shutdown_signal()).await?;
+            Ok(())
+        }
+        other => Err(format!("unknown service {other}").into()),
+    }
+}
+
+/// Starts the local stack and waits for Ctrl-C.
+pub async fn up(data_dir: &Path) -> Result<(), Error> {
+    std::fs::create_dir_all(data_dir)?;
+    private(data_dir, 0o700)?;
+    let data_dir = std::fs::canonicalize(data_dir)?;
+    let policy = data_dir.join("policy.toml");
+    if !policy.exists() {
+        std::fs::write(&policy, trias_policy::SAMPLE)?;
+    }
+    let issuer_config = data_dir.join("issuer.toml");
+    if !issuer_config.exists() {
+        std::fs::write(
+            &issuer_config,
+            format!(
+                "# The local issuer; see docs/configuration.md.\ngrpc_addr = \"{ISSUER_GRPC}\"\nhttp_addr = \"{ISSUER_HTTP}\"\ndata_dir = {:?}\npolicy = {:?}\n",
+                data_dir.join("issuer").display().to_string(),
+                policy.display().to_string(),
+            ),
+        )?;
+    }
+    let stack_json = data_dir.join("stack.json");
+    let stack = if stack_json.exists() {
+        serde_json::from_str(&std::fs::read_to_string(&stack_json)?)?
+    } else {
+        let stack = create_demo(&issuer_config).await?;
+        write_stack(&data_dir, &stack)?;
+        stack
+    };
+
+    for addr in [ISSUER_GRPC, ISSUER_HTTP] {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Err(format!("{addr} is already in use: is another `trias up` running?").into());
+        }
+    }
+    let exe = std::env::current_exe()?;
+    let mut issuer = Command::new(&exe)
+        .args(["serve", "issuer", "--config"])
+        .arg(&issuer_config)
+        .kill_on_drop(true)
+        .spawn()?;
+    wait_ready(&mut issuer, ISSUER_GRPC).await?;
+
+    println!("Trias is running (data in {}).", data_dir.display());
+    println!("  issuer gRPC  http://{ISSUER_GRPC}");
+    println!("  issuer HTTP  http://{ISSUER_HTTP}  (token, revoke, metadata, JWKS)");
+    println!("  credentials  {}/stack.env", data_dir.display());
+    println!();
+    println!("Try it:");
+    println!("  . {}/stack.env", data_dir.display());
+    println!(
+        "  curl -s -u \"$TRIAS_DEMO_CLIENT_ID:$TRIAS_DEMO_CLIENT_SECRET\" -d grant_type=client_credentials -d scope=payments:create \"$TRIAS_ISSUER_URL/oauth2/token\""
+    );
+    println!();
+    println!("Ctrl-C stops all services.");
+    let _ = stack;
+
+    tokio::select! {
+        () = trias_issuer::shutdown_signal() => {}
+        status = issuer.wait() => {
+            return Err(format!("the issuer exited unexpectedly ({})", status?).into());
+        }
+    }
+    stop(&mut issuer).await;
+    println!("stopped");
+    Ok(())
+}
+
+/// Asks a service to stop (SIGTERM: it drains and flushes its outbox), killing it if it
+/// has not stopped within ten seconds.
+async fn stop(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
+    }
+    if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+        let _ = child.kill().await;
+    }
+}
+
+/// Waits until the service accepts connections, or fails if it exits first.
+async fn wait_ready(child: &mut Child, addr: &str) -> Result<(), Error> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Err(format!("the service exited during start-up ({status})").into());
+        }
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("the service did not listen on {addr} within 60 s").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Creates the demo clients and users directly in the issuer's database (the local
+/// bootstrap path) and returns their credentials.
+async fn create_demo(issuer_config: &Path) -> Result<serde_json::Value, Error> {
+    let config = IssuerConfig::load(Some(issuer_config), &BTreeMap::new())?;
+    let issuer = trias_issuer::open(&config, Arc::new(trias_runtime::clock::SystemClock)).await?;
+    let local = Actor::Local;
+    let service = issuer
+        .register_client(
+            &local,
+            ClientSpec {
+                name: "demo payments service".into(),
+                grant_types: [GrantType::ClientCredentials].into(),
+                scopes: ["payments:read", "payments:create"].map(String::from).into(),
+                ..ClientSpec::default()
+            },
+        )
+        .await?;
+    issuer.assign_role_locally(&service.client.client_id, "clerk").await?;
+    let frontend = issuer
+        .register_client(
+            &local,
+            ClientSpec {
+                name: "demo frontend".into(),
+                redirect_uris: vec![DEMO_REDIRECT.into()],
+                grant_types: [GrantType::AuthorizationCode, GrantType::RefreshToken].into(),
+                scopes: issuer.policy().scopes().map(String::from).collect(),
+                public: true,
+            },
+        )
+        .await?;
+    let mut users = serde_json::Map::new();
+    for (name, role, totp) in [
+        ("alice", "clerk", false),
+        ("bob", "approver", false),
+        ("carol", "treasurer", false),
+        ("dana", "security-analyst", false),
+        ("admin1", "admin", true),
+        ("admin2", "admin", true),
+    ] {
+        let password = format!("{name}-demo-password");
+        let created = issuer.create_user(&local, name, &password, totp).await?;
+        issuer.assign_role_locally(&created.user.user_id, role).await?;
+        users.insert(
+            name.into(),
+            json!({
+                "user_id": created.user.user_id,
+                "password": password,
+                "role": role,
+                "totp_secret": created.totp_secret,
+            }),
+        );
+    }
+    issuer.outbox().close().await;
+    issuer.store().close().await;
+    Ok(json!({
+        "issuer_url": format!("http://{ISSUER_HTTP}"),
+        "issuer_grpc": format!("http://{ISSUER_GRPC}"),
+        "demo_client_id": service.client.client_id,
+        "demo_client_secret": service.secret,
+        "demo_frontend_client_id": frontend.client.client_id,
+        "demo_redirect_uri": DEMO_REDIRECT,
+        "users": users,
+    }))
+}
+
+fn write_stack(data_dir: &Path, stack: &serde_json::Value) -> Result<(), Error> {
+    let text = |key: &str| stack[key].as_str().unwrap_or_default().to_owned();
+    let mut env = String::from("# Written by `trias up`: the local stack's endpoints and demo credentials.\n");
+    for (var, key) in [
+        ("TRIAS_ISSUER_URL", "issuer_url"),
+        ("TRIAS_ISSUER_GRPC", "issuer_grpc"),
+        ("TRIAS_DEMO_CLIENT_ID", "demo_client_id"),
+        ("TRIAS_DEMO_CLIENT_SECRET", "demo_client_secret"),
+        ("TRIAS_DEMO_FRONTEND_CLIENT_ID", "demo_frontend_client_id"),
+        ("TRIAS_DEMO_REDIRECT_URI", "demo_redirect_uri"),
+    ] {
+        env.push_str(&format!("export {var}='{}'\n", text(key)));
+    }
+    if let Some(users) = stack["users"].as_object() {
+        for (name, user) in users {
+            let upper = name.to_uppercase();
+            let field = |k: &str| user[k].as_str().unwrap_or_default().to_owned();
+            env.push_str(&format!("export TRIAS_DEMO_{upper}_PASSWORD='{}'\n", field("password")));
+            if !field("totp_secret").is_empty() {
+                env.push_str(&format!("export TRIAS_DEMO_{upper}_TOTP_SECRET='{}'\n", field("totp_secret")));
+            }
+        }
+    }
+    let write = |path: PathBuf, content: String| -> Result<(), Error> {
+        std::fs::write(&path, content)?;
+        private(&path, 0o600)
+    };
+    write(data_dir.join("stack.env"), env)?;
+    write(data_dir.join("stack.json"), serde_json::to_string_pretty(stack)?)?;
+    Ok(())
+}
+
+fn private(path: &Path, mode: u32) -> Result<(), Error> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    let _ = (path, mode);
+    Ok(())
+}
