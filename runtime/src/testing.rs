@@ -5,6 +5,19 @@
 /// `postgres://postgres@127.0.0.1:5432/postgres`.
 pub const POSTGRES_ENV: &str = "TRIAS_TEST_POSTGRES_URL";
 
+/// Says once per test process, on the real stderr (not the test harness's captured output),
+/// that the PostgreSQL runs are skipped, so a skipped suite is visible in every test run.
+fn announce_skip() {
+    use std::io::Write as _;
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = writeln!(
+            std::io::stderr(),
+            "note: skipping the PostgreSQL runs: {POSTGRES_ENV} is not set (see README.md)"
+        );
+    });
+}
+
 /// Creates a fresh, uniquely named database on the server `TRIAS_TEST_POSTGRES_URL` names and
 /// returns its URL; `None`, with a printed message, when the variable is not set. Panics if
 /// the variable is set but the server cannot be used: a configured suite must not pass by
@@ -12,7 +25,7 @@ pub const POSTGRES_ENV: &str = "TRIAS_TEST_POSTGRES_URL";
 #[allow(clippy::expect_used, reason = "test setup fails loudly")]
 pub async fn fresh_postgres() -> Option<String> {
     let Ok(admin_url) = std::env::var(POSTGRES_ENV) else {
-        eprintln!("skipping the PostgreSQL run: {POSTGRES_ENV} is not set");
+        announce_skip();
         return None;
     };
     sqlx::any::install_default_drivers();
