@@ -155,8 +155,17 @@ fn client_credentials(
 async fn token(State(issuer): State<Issuer>, headers: HeaderMap, body: Bytes) -> Response {
     let mut basic = headers.contains_key(header::AUTHORIZATION);
     let result = async {
-        let mut form = Form::parse(&headers, &body)?;
-        let (client_id, client_secret, used_basic) = client_credentials(&headers, &mut form)?;
+        let mut form = match Form::parse(&headers, &body) {
+            Ok(form) => form,
+            Err(error) => return Err(issuer.refuse_token("", "", error).await),
+        };
+        let (client_id, client_secret, used_basic) = match client_credentials(&headers, &mut form) {
+            Ok(credentials) => credentials,
+            Err(error) => {
+                let grant = form.take("grant_type").unwrap_or_default();
+                return Err(issuer.refuse_token("", &grant, error).await);
+            }
+        };
         basic = used_basic;
         let input = TokenInput {
             grant_type: form.take("grant_type").unwrap_or_default(),
@@ -192,12 +201,16 @@ async fn token(State(issuer): State<Issuer>, headers: HeaderMap, body: Bytes) ->
 async fn revoke(State(issuer): State<Issuer>, headers: HeaderMap, body: Bytes) -> Response {
     let mut basic = headers.contains_key(header::AUTHORIZATION);
     let result = async {
-        let mut form = Form::parse(&headers, &body)?;
-        let (client_id, client_secret, used_basic) = client_credentials(&headers, &mut form)?;
+        let mut form = match Form::parse(&headers, &body) {
+            Ok(form) => form,
+            Err(error) => return Err(issuer.refuse_revocation("", error).await),
+        };
+        let (client_id, client_secret, used_basic) = match client_credentials(&headers, &mut form) {
+            Ok(credentials) => credentials,
+            Err(error) => return Err(issuer.refuse_revocation("", error).await),
+        };
         basic = used_basic;
-        let token = form
-            .take("token")
-            .ok_or_else(|| Error::InvalidRequest("token is required".into()))?;
+        let token = form.take("token").unwrap_or_default();
         let hint = form.take("token_type_hint");
         issuer
             .revoke(

@@ -510,20 +510,35 @@ impl Issuer {
         let client_id = input.client_id.clone();
         match self.token_inner(input).await {
             Ok(issued) => Ok(issued),
-            Err(error) => {
-                let mut draft = EventDraft::new(EventKind::TokenRefused)
-                    .client_id(truncate(&client_id))
-                    .decision(Decision::Deny)
-                    .reason(error.oauth_code())
-                    .attribute("grant_type", truncate(&grant))
-                    .attribute("detail", error.to_string());
-                if matches!(error, Error::AuditUnavailable) {
-                    draft = draft.attribute("strict", "true");
-                }
-                self.record_refusal(draft).await;
-                Err(error)
-            }
+            Err(error) => Err(self.refuse_token(&client_id, &grant, error).await),
         }
+    }
+
+    /// Records a refused token request (also one refused before it reached [`Issuer::token`],
+    /// such as a malformed HTTP form) and hands the error back.
+    pub async fn refuse_token(&self, client_id: &str, grant_type: &str, error: Error) -> Error {
+        let mut draft = EventDraft::new(EventKind::TokenRefused)
+            .client_id(truncate(client_id))
+            .decision(Decision::Deny)
+            .reason(error.oauth_code())
+            .attribute("grant_type", truncate(grant_type))
+            .attribute("detail", error.to_string());
+        if matches!(error, Error::AuditUnavailable) {
+            draft = draft.attribute("strict", "true");
+        }
+        self.record_refusal(draft).await;
+        error
+    }
+
+    /// Records a refused revocation request and hands the error back.
+    pub async fn refuse_revocation(&self, client_id: &str, error: Error) -> Error {
+        let draft = EventDraft::new(EventKind::TokenRevoked)
+            .client_id(truncate(client_id))
+            .decision(Decision::Deny)
+            .reason(error.oauth_code())
+            .attribute("detail", error.to_string());
+        self.record_refusal(draft).await;
+        error
     }
 
     async fn token_inner(&self, input: TokenInput) -> Result<Issued, Error> {
@@ -999,6 +1014,22 @@ impl Issuer {
     /// RFC 7009: a client revokes one of its refresh tokens (the whole family) or access
     /// tokens (by jti). Tokens the issuer does not know are not an error.
     pub async fn revoke(
+        &self,
+        client_id: &str,
+        client_secret: Option<&str>,
+        token: &str,
+        hint: Option<&str>,
+    ) -> Result<(), Error> {
+        match self
+            .revoke_inner(client_id, client_secret, token, hint)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(error) => Err(self.refuse_revocation(client_id, error).await),
+        }
+    }
+
+    async fn revoke_inner(
         &self,
         client_id: &str,
         client_secret: Option<&str>,

@@ -136,7 +136,10 @@ pub async fn shutdown_signal() {
 /// Creates the SQLite database file owner-only before SQLite does (it holds the private
 /// signing keys); SQLite gives its -wal and -shm files the same mode.
 fn create_private_file(path: &std::path::Path) -> Result<(), StartError> {
-    let failed = |e: std::io::Error| StartError::DataDir { path: path.display().to_string(), reason: e.to_string() };
+    let failed = |e: std::io::Error| StartError::DataDir {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
     let mut options = std::fs::OpenOptions::new();
     options.create(true).append(true);
     #[cfg(unix)]
