@@ -1,6 +1,8 @@
 //! `trias`: the command line of the Trias suite. Wiring only: parses arguments and calls the
 //! command's module.
 
+#![allow(clippy::print_stdout, reason = "a command-line tool answers on stdout")]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use tokio::process::{Child, Command};
-use trias_issuer::issuer::{Actor, ClientSpec};
 use trias_issuer::IssuerConfig;
+use trias_issuer::issuer::{Actor, ClientSpec};
 use trias_policy::GrantType;
 
 type Error = Box<dyn std::error::Error>;
@@ -107,9 +107,16 @@ pub async fn up(data_dir: &Path) -> Result<(), Error> {
 /// has not stopped within ten seconds.
 async fn stop(child: &mut Child) {
     if let Some(pid) = child.id() {
-        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .await;
     }
-    if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .is_err()
+    {
         let _ = child.kill().await;
     }
 }
@@ -143,12 +150,16 @@ async fn create_demo(issuer_config: &Path) -> Result<serde_json::Value, Error> {
             ClientSpec {
                 name: "demo payments service".into(),
                 grant_types: [GrantType::ClientCredentials].into(),
-                scopes: ["payments:read", "payments:create"].map(String::from).into(),
+                scopes: ["payments:read", "payments:create"]
+                    .map(String::from)
+                    .into(),
                 ..ClientSpec::default()
             },
         )
         .await?;
-    issuer.assign_role_locally(&service.client.client_id, "clerk").await?;
+    issuer
+        .assign_role_locally(&service.client.client_id, "clerk")
+        .await?;
     let frontend = issuer
         .register_client(
             &local,
@@ -172,7 +183,9 @@ async fn create_demo(issuer_config: &Path) -> Result<serde_json::Value, Error> {
     ] {
         let password = format!("{name}-demo-password");
         let created = issuer.create_user(&local, name, &password, totp).await?;
-        issuer.assign_role_locally(&created.user.user_id, role).await?;
+        issuer
+            .assign_role_locally(&created.user.user_id, role)
+            .await?;
         users.insert(
             name.into(),
             json!({
@@ -198,7 +211,9 @@ async fn create_demo(issuer_config: &Path) -> Result<serde_json::Value, Error> {
 
 fn write_stack(data_dir: &Path, stack: &serde_json::Value) -> Result<(), Error> {
     let text = |key: &str| stack[key].as_str().unwrap_or_default().to_owned();
-    let mut env = String::from("# Written by `trias up`: the local stack's endpoints and demo credentials.\n");
+    let mut env = String::from(
+        "# Written by `trias up`: the local stack's endpoints and demo credentials.\n",
+    );
     for (var, key) in [
         ("TRIAS_ISSUER_URL", "issuer_url"),
         ("TRIAS_ISSUER_GRPC", "issuer_grpc"),
@@ -213,9 +228,15 @@ fn write_stack(data_dir: &Path, stack: &serde_json::Value) -> Result<(), Error> 
         for (name, user) in users {
             let upper = name.to_uppercase();
             let field = |k: &str| user[k].as_str().unwrap_or_default().to_owned();
-            env.push_str(&format!("export TRIAS_DEMO_{upper}_PASSWORD='{}'\n", field("password")));
+            env.push_str(&format!(
+                "export TRIAS_DEMO_{upper}_PASSWORD='{}'\n",
+                field("password")
+            ));
             if !field("totp_secret").is_empty() {
-                env.push_str(&format!("export TRIAS_DEMO_{upper}_TOTP_SECRET='{}'\n", field("totp_secret")));
+                env.push_str(&format!(
+                    "export TRIAS_DEMO_{upper}_TOTP_SECRET='{}'\n",
+                    field("totp_secret")
+                ));
             }
         }
     }
@@ -224,7 +245,10 @@ fn write_stack(data_dir: &Path, stack: &serde_json::Value) -> Result<(), Error> 
         private(&path, 0o600)
     };
     write(data_dir.join("stack.env"), env)?;
-    write(data_dir.join("stack.json"), serde_json::to_string_pretty(stack)?)?;
+    write(
+        data_dir.join("stack.json"),
+        serde_json::to_string_pretty(stack)?,
+    )?;
     Ok(())
 }
 
