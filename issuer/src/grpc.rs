@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -28,11 +28,14 @@ const FEED_BATCH: i64 = 500;
 #[derive(Debug, Clone)]
 pub struct IssuerService {
     issuer: Issuer,
+    /// Becomes true when the server shuts down, ending the revocation feeds (long-lived
+    /// streams would otherwise keep a graceful shutdown waiting forever).
+    stop: watch::Receiver<bool>,
 }
 
 impl IssuerService {
-    pub fn new(issuer: Issuer) -> Self {
-        IssuerService { issuer }
+    pub fn new(issuer: Issuer, stop: watch::Receiver<bool>) -> Self {
+        IssuerService { issuer, stop }
     }
 
     pub fn into_server(self) -> issuer_server::IssuerServer<Self> {
@@ -262,6 +265,7 @@ impl issuer_server::Issuer for IssuerService {
             .map_err(|_| Status::from(Error::InvalidRequest("after_seq is out of range".into())))?;
         let issuer = self.issuer.clone();
         let mut signal = issuer.revocation_signal();
+        let mut stop = self.stop.clone();
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             loop {
@@ -289,6 +293,7 @@ impl issuer_server::Issuer for IssuerService {
                     changed = signal.changed() => if changed.is_err() { return },
                     () = tokio::time::sleep(FEED_POLL) => {}
                     () = tx.closed() => return,
+                    _ = stop.wait_for(|stopping| *stopping) => return,
                 }
             }
         });

@@ -188,7 +188,7 @@ pub async fn serve(
     };
 
     let grpc_server = tonic::transport::Server::builder()
-        .add_service(grpc::IssuerService::new(issuer.clone()).into_server())
+        .add_service(grpc::IssuerService::new(issuer.clone(), stop_rx.clone()).into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped(stop_rx.clone()));
     let http_server = axum::serve(http, http::router(issuer.clone()))
         .with_graceful_shutdown(stopped(stop_rx.clone()));

@@ -41,6 +41,8 @@ pub async fn fresh_postgres() -> Option<String> {
         .await
         .expect("create a test database");
     pool.close().await;
-    let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(base, _)| base);
+    let base = admin_url
+        .rsplit_once('/')
+        .map_or(admin_url.as_str(), |(base, _)| base);
     Some(format!("{base}/{name}"))
 }

@@ -1,0 +1,720 @@
+//! The check pipeline: small, independent checks, each deciding one thing and naming its
+//! [`Reason`] when it denies. The validator runs them in order (see `validator.rs`); later
+//! checks such as token transparency or DPoP slot in as further functions.
+//!
+//! The token checks follow RFC 8725 and RFC 9068 rather than any library's defaults: the size
+//! is capped before anything is parsed, the header is parsed here (strictly: canonical
+//! base64url, one JSON object, no duplicate members), the algorithm is the one bound to the
+//! key, `typ` must be `at+jwt`, `crit` is refused, and `jku`/`x5u`/`jwk`/`x5c` are never looked at.
+//! jsonwebtoken verifies the signature only; times are checked here against the injected
+//! clock with the configured skew.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use data_encoding::BASE64URL_NOPAD;
+use jsonwebtoken::Validation;
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::{Map, Value};
+use trias_policy::{ActionError, Policy};
+use trias_proto::v1::Reason;
+
+use crate::keys::{KeyAlgorithm, PublicKey};
+
+/// Why a check denied, with a detail safe to show the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    pub reason: Reason,
+    pub detail: String,
+}
+
+impl Denial {
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Denial {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The result of one check.
+pub type Outcome<T = ()> = Result<T, Denial>;
+
+/// A reason's name as the audit log writes it: lowercase, without the `REASON_` prefix.
+pub fn reason_name(reason: Reason) -> String {
+    let name = reason.as_str_name();
+    name.strip_prefix("REASON_").unwrap_or(name).to_lowercase()
+}
+
+// ----- the token's shape -----
+
+/// Refuses a token over the size cap, before any parsing or cryptography.
+pub fn size(token: &str, max_bytes: usize) -> Outcome {
+    if token.len() > max_bytes {
+        return Err(Denial::new(
+            Reason::TokenTooLarge,
+            format!("token is larger than {max_bytes} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// The three base64url parts of a JWS compact serialization.
+#[derive(Debug, Clone, Copy)]
+pub struct Parts<'a> {
+    pub header: &'a str,
+    pub payload: &'a str,
+    pub signature: &'a str,
+}
+
+/// Splits the token into its three parts and checks each is canonical unpadded base64url
+/// (RFC 7515 §2): a JWE (five parts), padding or stray bits are malformed.
+pub fn split(token: &str) -> Outcome<Parts<'_>> {
+    let malformed = |why: &str| Denial::new(Reason::Malformed, why);
+    let mut pieces = token.split('.');
+    let (Some(header), Some(payload), Some(signature), None) =
+        (pieces.next(), pieces.next(), pieces.next(), pieces.next())
+    else {
+        return Err(malformed("not a JWS compact serialization"));
+    };
+    // An empty signature (as `alg: none` has) is left to the algorithm and signature checks.
+    if header.is_empty() || payload.is_empty() {
+        return Err(malformed("a part of the token is empty"));
+    }
+    // data-encoding rejects padding, characters outside the alphabet and non-zero trailing
+    // bits, so each accepted part has exactly one encoding.
+    for part in [header, payload, signature] {
+        BASE64URL_NOPAD
+            .decode(part.as_bytes())
+            .map_err(|_| malformed("a part is not canonical base64url"))?;
+    }
+    Ok(Parts {
+        header,
+        payload,
+        signature,
+    })
+}
+
+/// A JSON object whose members are unique: duplicate names are a known way to make two
+/// parsers disagree on a token (RFC 8725 §2.8 of confusion), so they are refused.
+#[derive(Debug, Clone, Default)]
+pub struct UniqueObject(pub Map<String, Value>);
+
+impl<'de> Deserialize<'de> for UniqueObject {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> Visitor<'de> for ObjectVisitor {
+            type Value = UniqueObject;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<UniqueObject, A::Error> {
+                let mut map = Map::new();
+                while let Some((key, value)) = access.next_entry::<String, Value>()? {
+                    if map.contains_key(&key) {
+                        return Err(serde::de::Error::custom(format!("duplicate member {key}")));
+                    }
+                    map.insert(key, value);
+                }
+                Ok(UniqueObject(map))
+            }
+        }
+        deserializer.deserialize_map(ObjectVisitor)
+    }
+}
+
+/// Decodes a base64url part holding a JSON object with unique members.
+fn json_object(part: &str) -> Option<Map<String, Value>> {
+    let bytes = BASE64URL_NOPAD.decode(part.as_bytes()).ok()?;
+    serde_json::from_slice::<UniqueObject>(&bytes)
+        .ok()
+        .map(|o| o.0)
+}
+
+/// The JOSE header members the validator looks at. Everything else — notably `jku`, `x5u`,
+/// `jwk` and `x5c` — is ignored: keys come only from the issuer's JWKS.
+#[derive(Debug, Clone)]
+pub struct JoseHeader {
+    pub alg: String,
+    pub typ: Option<String>,
+    pub kid: Option<String>,
+    pub cty: Option<String>,
+    pub crit: bool,
+}
+
+/// Parses the header: a JSON object with a string `alg`.
+pub fn header(parts: &Parts<'_>) -> Outcome<JoseHeader> {
+    let malformed = |why: &str| Denial::new(Reason::Malformed, why);
+    let object =
+        json_object(parts.header).ok_or_else(|| malformed("the header is not a JSON object"))?;
+    let text = |name: &str| -> Outcome<Option<String>> {
+        match object.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(malformed(&format!("header {name} is not a string"))),
+        }
+    };
+    let alg = text("alg")?.ok_or_else(|| malformed("the header has no alg"))?;
+    Ok(JoseHeader {
+        alg,
+        typ: text("typ")?,
+        kid: text("kid")?,
+        cty: text("cty")?,
+        crit: object.contains_key("crit"),
+    })
+}
+
+/// Only EdDSA and ES256 are ever accepted: never `none`, never an HMAC (RFC 8725 §3.1, §3.2).
+pub fn algorithm(header: &JoseHeader) -> Outcome<KeyAlgorithm> {
+    KeyAlgorithm::from_jose(&header.alg).ok_or_else(|| {
+        Denial::new(
+            Reason::UnsupportedAlgorithm,
+            format!("algorithm {:?} is not accepted", header.alg),
+        )
+    })
+}
+
+/// `typ` must say this is an access token (RFC 9068 §2.1; RFC 8725 §3.11). Media types compare
+/// case-insensitively and may carry the `application/` prefix.
+pub fn token_type(header: &JoseHeader) -> Outcome {
+    let typ = header.typ.as_deref().unwrap_or("").to_ascii_lowercase();
+    if typ == "at+jwt" || typ == "application/at+jwt" {
+        Ok(())
+    } else {
+        Err(Denial::new(Reason::WrongType, "typ is not at+jwt"))
+    }
+}
+
+/// The validator understands no JWS extension, so any `crit` is refused (RFC 7515 §4.1.11).
+pub fn critical(header: &JoseHeader) -> Outcome {
+    if header.crit {
+        return Err(Denial::new(
+            Reason::UnknownCritical,
+            "crit names an extension the validator does not understand",
+        ));
+    }
+    Ok(())
+}
+
+/// An access token's payload is a claims set, never a nested JWT (RFC 8725 §2.8).
+pub fn content_type(header: &JoseHeader) -> Outcome {
+    match header.cty.as_deref() {
+        None => Ok(()),
+        Some(_) => Err(Denial::new(
+            Reason::Malformed,
+            "nested or typed content is not an access token",
+        )),
+    }
+}
+
+/// The `kid` the header names; a token without one names no key of ours.
+pub fn kid(header: &JoseHeader) -> Outcome<&str> {
+    header
+        .kid
+        .as_deref()
+        .filter(|kid| !kid.is_empty())
+        .ok_or_else(|| Denial::new(Reason::UnknownKey, "the token names no key"))
+}
+
+/// The header's algorithm must be the one the key is bound to (RFC 8725 §3.1).
+pub fn key_algorithm(algorithm: KeyAlgorithm, key: &PublicKey) -> Outcome {
+    if algorithm != key.algorithm {
+        return Err(Denial::new(
+            Reason::UnsupportedAlgorithm,
+            format!(
+                "key {} is bound to {}, not {}",
+                key.kid,
+                key.algorithm.as_str(),
+                algorithm.as_str()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Verifies the signature with the key's one algorithm and returns the payload's claims.
+/// jsonwebtoken checks nothing else here: times, issuer and audience are our own checks.
+pub fn signature(token: &str, key: &PublicKey) -> Outcome<Map<String, Value>> {
+    use jsonwebtoken::errors::ErrorKind;
+    let mut validation = Validation::new(key.algorithm.jwt());
+    validation.algorithms = vec![key.algorithm.jwt()];
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.leeway = 0;
+    validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+    match jsonwebtoken::decode::<UniqueObject>(token, &key.decoding, &validation) {
+        Ok(data) => Ok(data.claims.0),
+        Err(error) => Err(match error.kind() {
+            ErrorKind::InvalidSignature | ErrorKind::Crypto(_) | ErrorKind::InvalidEcdsaKey => {
+                Denial::new(Reason::BadSignature, "the signature does not verify")
+            }
+            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => Denial::new(
+                Reason::UnsupportedAlgorithm,
+                "the algorithm is not the key's",
+            ),
+            ErrorKind::MissingRequiredClaim(claim) => {
+                Denial::new(Reason::MissingClaim, format!("claim {claim} is missing"))
+            }
+            _ => Denial::new(Reason::Malformed, "the claims are not a JSON object"),
+        }),
+    }
+}
+
+// ----- claims -----
+
+/// The claims of a verified access token, typed (RFC 9068 §2.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    pub iss: String,
+    pub sub: String,
+    /// `aud` as written: one string, or the members of an array.
+    pub aud: Vec<String>,
+    pub client_id: String,
+    pub scopes: BTreeSet<String>,
+    pub iat: i64,
+    pub exp: i64,
+    pub nbf: Option<i64>,
+    pub jti: String,
+    /// The refresh family, if any.
+    pub sid: Option<String>,
+    /// The key that verified the token.
+    pub kid: String,
+}
+
+impl Claims {
+    /// `scope` as RFC 7662 writes it: space-separated.
+    pub fn scope(&self) -> String {
+        self.scopes.iter().cloned().collect::<Vec<_>>().join(" ")
+    }
+}
+
+/// Types the claims RFC 9068 requires (`iss`, `exp`, `aud`, `sub`, `client_id`, `iat`, `jti`)
+/// and the optional ones the validator uses; anything absent or mistyped is `missing_claim`.
+pub fn claims(raw: &Map<String, Value>, kid: &str) -> Outcome<Claims> {
+    let missing = |name: &str| {
+        Denial::new(
+            Reason::MissingClaim,
+            format!("claim {name} is missing or has the wrong type"),
+        )
+    };
+    let string = |name: &str| -> Outcome<String> {
+        match raw.get(name) {
+            Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+            _ => Err(missing(name)),
+        }
+    };
+    let optional_string = |name: &str| -> Outcome<Option<String>> {
+        match raw.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(missing(name)),
+        }
+    };
+    let time = |name: &str| -> Outcome<Option<i64>> {
+        match raw.get(name) {
+            None => Ok(None),
+            Some(Value::Number(n)) => numeric_date(n).map(Some).ok_or_else(|| missing(name)),
+            Some(_) => Err(missing(name)),
+        }
+    };
+    let aud = match raw.get("aud") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| {
+                item.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| missing("aud"))
+            })
+            .collect::<Outcome<Vec<_>>>()?,
+        _ => return Err(missing("aud")),
+    };
+    let scopes = optional_string("scope")?
+        .map(|s| s.split_ascii_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    Ok(Claims {
+        iss: string("iss")?,
+        exp: time("exp")?.ok_or_else(|| missing("exp"))?,
+        aud,
+        sub: string("sub")?,
+        client_id: string("client_id")?,
+        iat: time("iat")?.ok_or_else(|| missing("iat"))?,
+        jti: string("jti")?,
+        nbf: time("nbf")?,
+        sid: optional_string("sid")?.filter(|s| !s.is_empty()),
+        scopes,
+        kid: kid.to_owned(),
+    })
+}
+
+/// A NumericDate (RFC 7519 §2): seconds, possibly fractional; truncated to whole seconds.
+fn numeric_date(n: &serde_json::Number) -> Option<i64> {
+    if let Some(i) = n.as_i64() {
+        return Some(i);
+    }
+    let f = n.as_f64()?;
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "the range is checked just before"
+    )]
+    (f.is_finite() && f.abs() < 1e15).then(|| f.floor() as i64)
+}
+
+/// `iss` is exactly the configured issuer (RFC 8725 §3.8).
+pub fn issuer(claims: &Claims, expected: &str) -> Outcome {
+    if claims.iss != expected {
+        return Err(Denial::new(
+            Reason::WrongIssuer,
+            "the token is from another issuer",
+        ));
+    }
+    Ok(())
+}
+
+// ----- per request -----
+
+/// `exp`, `nbf` and `iat` against `now`, allowing `skew` seconds either way.
+pub fn time(claims: &Claims, now: i64, skew: i64) -> Outcome {
+    if now >= claims.exp.saturating_add(skew) {
+        return Err(Denial::new(Reason::Expired, "the token has expired"));
+    }
+    if claims.nbf.is_some_and(|nbf| nbf > now.saturating_add(skew)) {
+        return Err(Denial::new(
+            Reason::NotYetValid,
+            "the token is not valid yet",
+        ));
+    }
+    if claims.iat > now.saturating_add(skew) {
+        return Err(Denial::new(
+            Reason::NotYetValid,
+            "the token was issued in the future",
+        ));
+    }
+    Ok(())
+}
+
+/// `aud` is exactly the caller: one string, or an array of that one string (RFC 8725 §3.9;
+/// a token for several services is not accepted by any of them).
+pub fn audience(claims: &Claims, caller: &str) -> Outcome {
+    match claims.aud.as_slice() {
+        [only] if only == caller => Ok(()),
+        _ => Err(Denial::new(
+            Reason::WrongAudience,
+            format!("the token is not for {caller}"),
+        )),
+    }
+}
+
+/// The token carries the scope the policy says the action needs at the audience.
+pub fn scope<'p>(
+    policy: &'p Policy,
+    claims: &Claims,
+    audience: &str,
+    action: &str,
+) -> Outcome<&'p str> {
+    let needed = policy
+        .scope_for_action(audience, action)
+        .map_err(|error| match error {
+            ActionError::UnknownAudience(_) | ActionError::UnknownAction { .. } => {
+                Denial::new(Reason::UnknownAction, error.to_string())
+            }
+        })?;
+    if !claims.scopes.contains(needed) {
+        return Err(Denial::new(
+            Reason::InsufficientScope,
+            format!("{action} needs scope {needed}"),
+        ));
+    }
+    Ok(needed)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly")]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn b64(value: &Value) -> String {
+        BASE64URL_NOPAD.encode(value.to_string().as_bytes())
+    }
+
+    fn token(header: &Value, payload: &Value) -> String {
+        format!("{}.{}.c2ln", b64(header), b64(payload))
+    }
+
+    fn parsed_header(header: Value) -> Outcome<JoseHeader> {
+        let t = token(&header, &json!({}));
+        header_of(&t)
+    }
+
+    fn header_of(token: &str) -> Outcome<JoseHeader> {
+        super::header(&split(token)?)
+    }
+
+    fn valid_claims() -> Map<String, Value> {
+        json!({
+            "iss": "https://issuer.example", "sub": "alice", "aud": "payments",
+            "client_id": "web", "scope": "payments:create payments:read", "iat": 1000,
+            "exp": 1300, "jti": "t-1", "sid": "f-1"
+        })
+        .as_object()
+        .unwrap()
+        .clone()
+    }
+
+    #[test]
+    fn the_size_cap_comes_first() {
+        assert!(size(&"a".repeat(8192), 8192).is_ok());
+        assert_eq!(
+            size(&"a".repeat(8193), 8192).unwrap_err().reason,
+            Reason::TokenTooLarge
+        );
+    }
+
+    #[test]
+    fn garbage_and_truncated_tokens_are_malformed() {
+        for bad in [
+            "",
+            "garbage",
+            "a.b",
+            "a.b.c.d.e",
+            "..",
+            "eyJhbGciOiJFZERTQSJ9..c2ln",
+            ".e30.c2ln",
+            "eyJhbGciOiJFZERTQSJ9.e30=.c2ln",
+            "eyJhbGciOiJFZERTQSJ9.e3+.c2ln",
+            "bm90IGpzb24.e30.c2ln",
+            "W10.e30.c2ln",
+        ] {
+            let result = split(bad).and_then(|p| header(&p));
+            assert_eq!(result.unwrap_err().reason, Reason::Malformed, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn non_canonical_base64url_is_malformed() {
+        // "e30" is `{}`; "e31" decodes to the same bytes with non-zero trailing bits.
+        assert!(split("e30.e30.c2ln").is_ok());
+        for bad in ["e31.e30.c2ln", "e30.e31.c2ln", "e30.e30.c2lu="] {
+            assert_eq!(split(bad).unwrap_err().reason, Reason::Malformed, "{bad}");
+        }
+    }
+
+    #[test]
+    fn duplicate_header_members_are_malformed() {
+        let raw = BASE64URL_NOPAD.encode(br#"{"alg":"EdDSA","alg":"none","typ":"at+jwt"}"#);
+        let result = header_of(&format!("{raw}.e30.c2ln"));
+        assert_eq!(result.unwrap_err().reason, Reason::Malformed);
+    }
+
+    #[test]
+    fn only_eddsa_and_es256_are_accepted() {
+        for alg in [
+            "none", "None", "HS256", "HS512", "RS256", "PS256", "ES384", "eddsa", "",
+        ] {
+            let h = parsed_header(json!({"alg": alg, "typ": "at+jwt"})).unwrap();
+            assert_eq!(
+                algorithm(&h).unwrap_err().reason,
+                Reason::UnsupportedAlgorithm,
+                "{alg}"
+            );
+        }
+        for (alg, expected) in [
+            ("EdDSA", KeyAlgorithm::EdDSA),
+            ("ES256", KeyAlgorithm::ES256),
+        ] {
+            let h = parsed_header(json!({"alg": alg})).unwrap();
+            assert_eq!(algorithm(&h).unwrap(), expected);
+        }
+        let h = parsed_header(json!({"alg": 5}));
+        assert_eq!(h.unwrap_err().reason, Reason::Malformed);
+    }
+
+    #[test]
+    fn typ_must_be_at_jwt() {
+        for ok in [
+            "at+jwt",
+            "AT+JWT",
+            "application/at+jwt",
+            "Application/At+JWT",
+        ] {
+            let h = parsed_header(json!({"alg": "EdDSA", "typ": ok})).unwrap();
+            assert!(token_type(&h).is_ok(), "{ok}");
+        }
+        for bad in [json!("JWT"), json!("jwt"), json!("at+jwt2"), Value::Null] {
+            let mut header = json!({"alg": "EdDSA"});
+            if !bad.is_null() {
+                header["typ"] = bad.clone();
+            }
+            let h = parsed_header(header).unwrap();
+            assert_eq!(
+                token_type(&h).unwrap_err().reason,
+                Reason::WrongType,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn any_crit_is_refused_and_key_urls_are_ignored() {
+        let h = parsed_header(json!({"alg": "EdDSA", "typ": "at+jwt", "crit": ["exp"], "exp": 1}))
+            .unwrap();
+        assert_eq!(critical(&h).unwrap_err().reason, Reason::UnknownCritical);
+        let h = parsed_header(json!({
+            "alg": "EdDSA", "typ": "at+jwt", "kid": "k",
+            "jku": "https://evil.example/jwks", "x5u": "https://evil.example/cert",
+            "jwk": {"kty": "OKP", "crv": "Ed25519", "x": "AAAA"}, "x5c": ["AAAA"]
+        }))
+        .unwrap();
+        assert!(critical(&h).is_ok());
+        assert_eq!(kid(&h).unwrap(), "k");
+    }
+
+    #[test]
+    fn nested_tokens_are_malformed() {
+        let h = parsed_header(json!({"alg": "EdDSA", "typ": "at+jwt", "cty": "JWT"})).unwrap();
+        assert_eq!(content_type(&h).unwrap_err().reason, Reason::Malformed);
+    }
+
+    #[test]
+    fn a_missing_kid_is_an_unknown_key() {
+        let h = parsed_header(json!({"alg": "EdDSA", "typ": "at+jwt"})).unwrap();
+        assert_eq!(kid(&h).unwrap_err().reason, Reason::UnknownKey);
+    }
+
+    #[test]
+    fn required_claims_are_present_and_typed() {
+        let claims = super::claims(&valid_claims(), "k").unwrap();
+        assert_eq!(claims.sub, "alice");
+        assert_eq!(claims.aud, ["payments"]);
+        assert_eq!(claims.scope(), "payments:create payments:read");
+        assert_eq!(claims.sid.as_deref(), Some("f-1"));
+        for name in ["iss", "exp", "aud", "sub", "client_id", "iat", "jti"] {
+            let mut raw = valid_claims();
+            raw.remove(name);
+            let denial = super::claims(&raw, "k").unwrap_err();
+            assert_eq!(denial.reason, Reason::MissingClaim, "{name}");
+            assert!(denial.detail.contains(name));
+            let mut raw = valid_claims();
+            raw.insert(name.into(), json!({"nested": true}));
+            assert_eq!(
+                super::claims(&raw, "k").unwrap_err().reason,
+                Reason::MissingClaim,
+                "{name}"
+            );
+        }
+        let mut raw = valid_claims();
+        raw.insert("exp".into(), json!("1300"));
+        assert_eq!(
+            super::claims(&raw, "k").unwrap_err().reason,
+            Reason::MissingClaim
+        );
+        let mut raw = valid_claims();
+        raw.insert("scope".into(), json!(["a"]));
+        assert_eq!(
+            super::claims(&raw, "k").unwrap_err().reason,
+            Reason::MissingClaim
+        );
+        let mut raw = valid_claims();
+        raw.insert("exp".into(), json!(1300.7));
+        assert_eq!(super::claims(&raw, "k").unwrap().exp, 1300);
+    }
+
+    #[test]
+    fn issuer_is_exact() {
+        let claims = super::claims(&valid_claims(), "k").unwrap();
+        assert!(issuer(&claims, "https://issuer.example").is_ok());
+        for other in [
+            "https://issuer.example/",
+            "https://ISSUER.example",
+            "https://issuer.example.evil",
+        ] {
+            assert_eq!(
+                issuer(&claims, other).unwrap_err().reason,
+                Reason::WrongIssuer
+            );
+        }
+    }
+
+    #[test]
+    fn times_allow_the_skew_and_no_more() {
+        let claims = super::claims(&valid_claims(), "k").unwrap();
+        assert!(time(&claims, 1000, 5).is_ok());
+        assert!(time(&claims, 1304, 5).is_ok());
+        assert_eq!(time(&claims, 1305, 5).unwrap_err().reason, Reason::Expired);
+        assert!(time(&claims, 995, 5).is_ok());
+        assert_eq!(
+            time(&claims, 994, 5).unwrap_err().reason,
+            Reason::NotYetValid
+        );
+        let mut raw = valid_claims();
+        raw.insert("nbf".into(), json!(1100));
+        let claims = super::claims(&raw, "k").unwrap();
+        assert_eq!(
+            time(&claims, 1094, 5).unwrap_err().reason,
+            Reason::NotYetValid
+        );
+        assert!(time(&claims, 1095, 5).is_ok());
+    }
+
+    #[test]
+    fn audience_is_exactly_the_caller() {
+        let mut raw = valid_claims();
+        let one = super::claims(&raw, "k").unwrap();
+        assert!(audience(&one, "payments").is_ok());
+        assert_eq!(
+            audience(&one, "auditor").unwrap_err().reason,
+            Reason::WrongAudience
+        );
+        raw.insert("aud".into(), json!(["payments"]));
+        assert!(audience(&super::claims(&raw, "k").unwrap(), "payments").is_ok());
+        raw.insert("aud".into(), json!(["payments", "auditor"]));
+        let two = super::claims(&raw, "k").unwrap();
+        assert_eq!(
+            audience(&two, "payments").unwrap_err().reason,
+            Reason::WrongAudience
+        );
+        raw.insert("aud".into(), json!([]));
+        let none = super::claims(&raw, "k").unwrap();
+        assert_eq!(
+            audience(&none, "payments").unwrap_err().reason,
+            Reason::WrongAudience
+        );
+    }
+
+    #[test]
+    fn scope_comes_from_the_policy() {
+        let policy = Policy::from_toml("sample", trias_policy::SAMPLE).unwrap();
+        let claims = super::claims(&valid_claims(), "k").unwrap();
+        assert_eq!(
+            scope(&policy, &claims, "payments", "payment.create").unwrap(),
+            "payments:create"
+        );
+        assert_eq!(
+            scope(&policy, &claims, "payments", "payment.approve")
+                .unwrap_err()
+                .reason,
+            Reason::InsufficientScope
+        );
+        assert_eq!(
+            scope(&policy, &claims, "payments", "payment.launder")
+                .unwrap_err()
+                .reason,
+            Reason::UnknownAction
+        );
+        assert_eq!(
+            scope(&policy, &claims, "nowhere", "payment.create")
+                .unwrap_err()
+                .reason,
+            Reason::UnknownAction
+        );
+    }
+
+    #[test]
+    fn reason_names_are_the_audit_logs() {
+        assert_eq!(reason_name(Reason::DutyConflict), "duty_conflict");
+        assert_eq!(reason_name(Reason::Ok), "ok");
+    }
+}
