@@ -31,7 +31,7 @@ enum Command {
     #[command(hide = true)]
     Serve {
         /// The service to run.
-        #[arg(value_parser = ["issuer"])]
+        #[arg(value_parser = ["issuer", "validator"])]
         service: String,
         /// Its configuration file.
         #[arg(long)]

@@ -20,6 +20,8 @@ type Error = Box<dyn std::error::Error>;
 
 const ISSUER_GRPC: &str = "127.0.0.1:7401";
 const ISSUER_HTTP: &str = "127.0.0.1:7402";
+const VALIDATOR_GRPC: &str = "127.0.0.1:7411";
+const VALIDATOR_HTTP: &str = "127.0.0.1:7412";
 const DEMO_REDIRECT: &str = "http://127.0.0.1:7480/callback";
 
 /// Runs one service in this process until Ctrl-C or SIGTERM.
@@ -30,6 +32,12 @@ pub async fn serve(service: &str, config_path: &Path) -> Result<(), Error> {
             let config = IssuerConfig::load(Some(config_path), &env)?;
             trias_runtime::telemetry::init(config.log_json);
             trias_issuer::run(&config, trias_issuer::shutdown_signal()).await?;
+            Ok(())
+        }
+        "validator" => {
+            let config = trias_validator::ValidatorConfig::load(Some(config_path), &env)?;
+            trias_runtime::telemetry::init(config.log_json);
+            trias_validator::run(&config, trias_validator::shutdown_signal()).await?;
             Ok(())
         }
         other => Err(format!("unknown service {other}").into()),
@@ -56,6 +64,17 @@ pub async fn up(data_dir: &Path) -> Result<(), Error> {
             ),
         )?;
     }
+    let validator_config = data_dir.join("validator.toml");
+    if !validator_config.exists() {
+        std::fs::write(
+            &validator_config,
+            format!(
+                "# The local validator; see docs/configuration.md.\ngrpc_addr = \"{VALIDATOR_GRPC}\"\nhttp_addr = \"{VALIDATOR_HTTP}\"\nissuer_grpc = \"http://{ISSUER_GRPC}\"\nissuer = \"http://{ISSUER_HTTP}\"\ndata_dir = {:?}\npolicy = {:?}\n",
+                data_dir.join("validator").display().to_string(),
+                policy.display().to_string(),
+            ),
+        )?;
+    }
     let stack_json = data_dir.join("stack.json");
     let stack = if stack_json.exists() {
         serde_json::from_str(&std::fs::read_to_string(&stack_json)?)?
@@ -65,7 +84,7 @@ pub async fn up(data_dir: &Path) -> Result<(), Error> {
         stack
     };
 
-    for addr in [ISSUER_GRPC, ISSUER_HTTP] {
+    for addr in [ISSUER_GRPC, ISSUER_HTTP, VALIDATOR_GRPC, VALIDATOR_HTTP] {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             return Err(format!("{addr} is already in use: is another `trias up` running?").into());
         }
@@ -77,10 +96,18 @@ pub async fn up(data_dir: &Path) -> Result<(), Error> {
         .kill_on_drop(true)
         .spawn()?;
     wait_ready(&mut issuer, ISSUER_GRPC).await?;
+    let mut validator = Command::new(&exe)
+        .args(["serve", "validator", "--config"])
+        .arg(&validator_config)
+        .kill_on_drop(true)
+        .spawn()?;
+    wait_ready(&mut validator, VALIDATOR_GRPC).await?;
 
     println!("Trias is running (data in {}).", data_dir.display());
     println!("  issuer gRPC  http://{ISSUER_GRPC}");
     println!("  issuer HTTP  http://{ISSUER_HTTP}  (token, revoke, metadata, JWKS)");
+    println!("  validator gRPC  http://{VALIDATOR_GRPC}  (Check, CheckBatch)");
+    println!("  validator HTTP  http://{VALIDATOR_HTTP}  (POST /oauth2/introspect)");
     println!("  credentials  {}/stack.env", data_dir.display());
     println!();
     println!("Try it:");
@@ -95,9 +122,15 @@ pub async fn up(data_dir: &Path) -> Result<(), Error> {
     tokio::select! {
         () = trias_issuer::shutdown_signal() => {}
         status = issuer.wait() => {
+            stop(&mut validator).await;
             return Err(format!("the issuer exited unexpectedly ({})", status?).into());
         }
+        status = validator.wait() => {
+            stop(&mut issuer).await;
+            return Err(format!("the validator exited unexpectedly ({})", status?).into());
+        }
     }
+    stop(&mut validator).await;
     stop(&mut issuer).await;
     println!("stopped");
     Ok(())
@@ -201,6 +234,7 @@ async fn create_demo(issuer_config: &Path) -> Result<serde_json::Value, Error> {
     Ok(json!({
         "issuer_url": format!("http://{ISSUER_HTTP}"),
         "issuer_grpc": format!("http://{ISSUER_GRPC}"),
+        "validator_grpc": format!("http://{VALIDATOR_GRPC}"),
         "demo_client_id": service.client.client_id,
         "demo_client_secret": service.secret,
         "demo_frontend_client_id": frontend.client.client_id,
@@ -217,6 +251,7 @@ fn write_stack(data_dir: &Path, stack: &serde_json::Value) -> Result<(), Error> 
     for (var, key) in [
         ("TRIAS_ISSUER_URL", "issuer_url"),
         ("TRIAS_ISSUER_GRPC", "issuer_grpc"),
+        ("TRIAS_VALIDATOR_GRPC", "validator_grpc"),
         ("TRIAS_DEMO_CLIENT_ID", "demo_client_id"),
         ("TRIAS_DEMO_CLIENT_SECRET", "demo_client_secret"),
         ("TRIAS_DEMO_FRONTEND_CLIENT_ID", "demo_frontend_client_id"),
