@@ -89,10 +89,15 @@ impl Form {
                 "the body must be application/x-www-form-urlencoded".into(),
             ));
         }
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
-            .map_err(|_| Error::InvalidRequest("the form body is malformed".into()))?;
+        // Decoded strictly: a lossy decoder would turn bytes that are not UTF-8 into U+FFFD,
+        // so a malformed body would surface as some other error, or as a different value.
+        let malformed = || Error::InvalidRequest("the form body is malformed".into());
+        let text = std::str::from_utf8(body).map_err(|_| malformed())?;
         let mut map = HashMap::new();
-        for (key, value) in pairs {
+        for pair in text.split('&').filter(|pair| !pair.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let key = form_decode(key).ok_or_else(malformed)?;
+            let value = form_decode(value).ok_or_else(malformed)?;
             if value.is_empty() {
                 continue;
             }
@@ -108,6 +113,15 @@ impl Form {
     fn take(&mut self, key: &str) -> Option<String> {
         self.0.remove(key)
     }
+}
+
+/// Decodes one form-encoded name or value (`+` is a space, then percent-decoding); `None` if
+/// the result is not UTF-8.
+fn form_decode(text: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(&text.replace('+', " "))
+        .decode_utf8()
+        .ok()
+        .map(|decoded| decoded.into_owned())
 }
 
 /// Client credentials from HTTP Basic (RFC 6749 §2.3.1, form-encoded then base64) or from
@@ -137,12 +151,7 @@ fn client_credentials(
         .map_err(|_| Error::InvalidClient)?;
     let decoded = String::from_utf8(decoded).map_err(|_| Error::InvalidClient)?;
     let (id, secret) = decoded.split_once(':').ok_or(Error::InvalidClient)?;
-    let unescape = |s: &str| {
-        percent_encoding::percent_decode_str(&s.replace('+', " "))
-            .decode_utf8()
-            .map(|c| c.into_owned())
-            .map_err(|_| Error::InvalidClient)
-    };
+    let unescape = |s: &str| form_decode(s).ok_or(Error::InvalidClient);
     let (id, secret) = (unescape(id)?, unescape(secret)?);
     if body_id.as_ref().is_some_and(|b| *b != id) {
         return Err(Error::InvalidRequest(

@@ -722,13 +722,28 @@ impl Issuer {
         if presented.len() > MAX_TOKEN_LEN {
             return Err(Error::InvalidRequest("refresh_token is too long".into()));
         }
+        let presented_hash = secrets::hash_secret(presented);
+        // A request refused for what it asks (a wider scope, say) must leave a live token
+        // usable: spent, the client's corrected retry would look like reuse and revoke the
+        // whole family. So the request is checked before the token is spent, and again after.
+        if let Some(family) = self
+            .inner
+            .store
+            .family_of_live_token(&presented_hash)
+            .await?
+            && family.client_id == client.client_id
+            && family.revoked_at.is_none()
+        {
+            self.refresh_grant(client, &family, input.scope.as_deref())
+                .await?;
+        }
         let now = self.now();
         let next = secrets::random_token(&self.inner.rng)?;
         let spend = self
             .inner
             .store
             .rotate_refresh(
-                &secrets::hash_secret(presented),
+                &presented_hash,
                 &client.client_id,
                 &secrets::hash_secret(&next),
                 now,
@@ -760,8 +775,33 @@ impl Issuer {
                 ));
             }
         };
+        let (scopes, acr, ttl) = self
+            .refresh_grant(client, &family, input.scope.as_deref())
+            .await?;
+        let claims = self.claims(
+            &family.subject,
+            client,
+            &family.audience,
+            &scopes,
+            now,
+            ttl,
+            Some((acr, family.auth_time)),
+            Some(family.family_id.clone()),
+        )?;
+        self.issue(claims, GrantType::RefreshToken, Some(next))
+            .await
+    }
+
+    /// What a refresh of `family` may carry: the requested scopes (at most the original
+    /// grant's, still granted by the subject's roles), the acr and the lifetime.
+    async fn refresh_grant(
+        &self,
+        client: &ClientRecord,
+        family: &FamilyRecord,
+        requested: Option<&str>,
+    ) -> Result<(BTreeSet<String>, Acr, Duration), Error> {
         let granted = parse_scope(&family.scope)?;
-        let scopes = match input.scope.as_deref().filter(|s| !s.is_empty()) {
+        let scopes = match requested.filter(|s| !s.is_empty()) {
             Some(requested) => {
                 let requested = parse_scope(requested)?;
                 if !requested.is_subset(&granted) {
@@ -787,18 +827,7 @@ impl Issuer {
                 "the policy allows no refresh for these scopes".into(),
             ));
         }
-        let claims = self.claims(
-            &family.subject,
-            client,
-            &family.audience,
-            &scopes,
-            now,
-            ttl,
-            Some((acr, family.auth_time)),
-            Some(family.family_id.clone()),
-        )?;
-        self.issue(claims, GrantType::RefreshToken, Some(next))
-            .await
+        Ok((scopes, acr, ttl))
     }
 
     #[allow(

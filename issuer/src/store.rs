@@ -798,6 +798,23 @@ impl Store {
         }
     }
 
+    /// The family of a refresh token that is not yet spent.
+    pub async fn family_of_live_token(&self, token_hash: &[u8]) -> Result<Option<FamilyRecord>> {
+        let mut conn = self.pool.acquire().await?;
+        let row =
+            sqlx::query("SELECT family_id FROM refresh_tokens WHERE token_hash = $1 AND spent = 0")
+                .bind(token_hash.to_vec())
+                .fetch_optional(&mut *conn)
+                .await?;
+        match row {
+            Some(r) => {
+                let family_id: String = r.try_get(0)?;
+                self.family_in(&mut conn, &family_id).await
+            }
+            None => Ok(None),
+        }
+    }
+
     async fn family_in(
         &self,
         conn: &mut sqlx::AnyConnection,

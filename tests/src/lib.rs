@@ -8,12 +8,15 @@
     reason = "a test harness fails loudly"
 )]
 
+pub mod validator;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use data_encoding::BASE64URL_NOPAD;
+use data_encoding::{BASE32_NOPAD, BASE64URL_NOPAD};
 use ring::digest::{SHA256, digest};
+use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -21,11 +24,24 @@ use tonic::transport::Channel;
 use trias_issuer::issuer::{Actor, ClientSpec, Issuer};
 use trias_policy::GrantType;
 use trias_proto::v1::issuer_client::IssuerClient;
-use trias_runtime::clock::{Clock, ManualClock};
+use trias_proto::v1::{
+    AuditEvent, EventKind, GrantType as PbGrant, LoginRequest, Revocation, TokenRequest,
+    TokenResponse,
+};
+use trias_runtime::clock::{Clock, ManualClock, unix_seconds};
 
 /// The environment variable naming a PostgreSQL server for the PostgreSQL suites, e.g.
 /// `postgres://postgres@127.0.0.1:5432/postgres`. Each test creates its own database there.
 pub const POSTGRES_ENV: &str = "TRIAS_TEST_POSTGRES_URL";
+
+/// The redirect URIs every test client registers; logins use the first.
+pub const REDIRECT_URIS: [&str; 2] = [
+    "https://app.example/callback",
+    "https://app.example/other-callback",
+];
+
+/// Every admin scope of the sample policy.
+pub const ADMIN_SCOPES: &str = "admin:clients admin:users admin:roles admin:keys";
 
 /// Which database a service under test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,9 +50,18 @@ pub enum Backend {
     Postgres,
 }
 
-/// Creates a fresh PostgreSQL database and returns its URL, or `None` (with a printed
-/// message) when no server is configured.
-pub async fn fresh_postgres() -> Option<String> {
+/// A database created on the PostgreSQL test server for one test; dropped by
+/// [`IssuerHandle::stop`].
+#[derive(Debug, Clone)]
+pub struct PostgresDb {
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+/// Creates a fresh PostgreSQL database, or returns `None` (with a printed message) when no
+/// server is configured.
+pub async fn fresh_postgres() -> Option<PostgresDb> {
     let Ok(admin_url) = std::env::var(POSTGRES_ENV) else {
         eprintln!("skipping the PostgreSQL run: {POSTGRES_ENV} is not set");
         return None;
@@ -56,7 +81,25 @@ pub async fn fresh_postgres() -> Option<String> {
     let base = admin_url
         .rsplit_once('/')
         .map_or(admin_url.as_str(), |(base, _)| base);
-    Some(format!("{base}/{name}"))
+    Some(PostgresDb {
+        url: format!("{base}/{name}"),
+        admin_url: admin_url.clone(),
+        name,
+    })
+}
+
+impl PostgresDb {
+    async fn drop_database(&self) {
+        let pool = sqlx::AnyPool::connect(&self.admin_url).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    }
 }
 
 /// What to start an issuer with.
@@ -68,6 +111,7 @@ pub struct IssuerOptions {
     /// The issuer's clock; the tests advance it instead of sleeping.
     pub clock: Arc<ManualClock>,
     pub key_publish_delay: Duration,
+    pub access_token_ttl: Duration,
 }
 
 impl Default for IssuerOptions {
@@ -78,6 +122,17 @@ impl Default for IssuerOptions {
             strict_audit: true,
             clock: Arc::new(ManualClock::new(SystemTime::now())),
             key_publish_delay: Duration::from_secs(60),
+            access_token_ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+impl IssuerOptions {
+    /// The defaults (sample policy, strict audit) on `backend`.
+    pub fn on(backend: Backend) -> Self {
+        IssuerOptions {
+            backend,
+            ..IssuerOptions::default()
         }
     }
 }
@@ -90,6 +145,8 @@ pub struct IssuerHandle {
     pub issuer: Issuer,
     pub clock: Arc<ManualClock>,
     pub dir: tempfile::TempDir,
+    database: Option<PostgresDb>,
+    http: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -127,12 +184,17 @@ pub async fn start_issuer(options: IssuerOptions) -> Option<IssuerHandle> {
             "TRIAS_ISSUER_KEY_PUBLISH_DELAY".to_owned(),
             format!("{}s", options.key_publish_delay.as_secs().max(1)),
         ),
+        (
+            "TRIAS_ISSUER_ACCESS_TOKEN_TTL".to_owned(),
+            format!("{}s", options.access_token_ttl.as_secs().max(1)),
+        ),
     ]);
-    if options.backend == Backend::Postgres {
-        env.insert(
-            "TRIAS_ISSUER_DATABASE_URL".to_owned(),
-            fresh_postgres().await?,
-        );
+    let database = match options.backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(fresh_postgres().await?),
+    };
+    if let Some(db) = &database {
+        env.insert("TRIAS_ISSUER_DATABASE_URL".to_owned(), db.url.clone());
     }
     let config = trias_issuer::IssuerConfig::load(None, &env).unwrap();
     let clock: Arc<dyn Clock> = options.clock.clone();
@@ -152,9 +214,96 @@ pub async fn start_issuer(options: IssuerOptions) -> Option<IssuerHandle> {
         issuer,
         clock: options.clock,
         dir,
+        database,
+        http: reqwest::Client::new(),
         shutdown: Some(tx),
         task: Some(task),
     })
+}
+
+/// A login frontend registered at the issuer: an authorization_code (and refresh_token) client.
+#[derive(Debug, Clone)]
+pub struct Frontend {
+    pub client_id: String,
+    /// `None` for a public client.
+    pub secret: Option<String>,
+}
+
+impl Frontend {
+    /// A login at the first registered redirect URI with a fresh PKCE pair; returns the
+    /// request (adjust fields with struct update syntax) and the PKCE verifier.
+    pub fn login(&self, username: &str, password: &str, scope: &str) -> (LoginRequest, String) {
+        let (verifier, challenge) = pkce_pair();
+        let request = LoginRequest {
+            client_id: self.client_id.clone(),
+            redirect_uri: REDIRECT_URIS[0].into(),
+            code_challenge: challenge,
+            code_challenge_method: "S256".into(),
+            scope: scope.into(),
+            username: username.into(),
+            password: password.into(),
+            ..Default::default()
+        };
+        (request, verifier)
+    }
+
+    /// The token request exchanging a code at the first registered redirect URI.
+    pub fn exchange(&self, code: &str, verifier: &str) -> TokenRequest {
+        TokenRequest {
+            grant_type: PbGrant::AuthorizationCode as i32,
+            client_id: self.client_id.clone(),
+            client_secret: self.secret.clone().unwrap_or_default(),
+            code: code.into(),
+            code_verifier: verifier.into(),
+            redirect_uri: REDIRECT_URIS[0].into(),
+            ..Default::default()
+        }
+    }
+
+    /// The token request spending a refresh token.
+    pub fn refresh(&self, refresh_token: &str) -> TokenRequest {
+        TokenRequest {
+            grant_type: PbGrant::RefreshToken as i32,
+            client_id: self.client_id.clone(),
+            client_secret: self.secret.clone().unwrap_or_default(),
+            refresh_token: refresh_token.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// An administrator: a user holding the `admin` role, enrolled in TOTP, with a frontend
+/// allowed the admin scopes to log in through.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub user_id: String,
+    pub username: String,
+    pub password: String,
+    pub totp_secret: String,
+    pub frontend: Frontend,
+}
+
+/// An HTTP response: status, headers and the body as JSON (`Null` when it is not JSON).
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl HttpReply {
+    /// The value of a header, or "" if absent.
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The RFC 6749 `error` field.
+    pub fn error(&self) -> &str {
+        self.body["error"].as_str().unwrap_or("")
+    }
 }
 
 impl IssuerHandle {
@@ -170,6 +319,16 @@ impl IssuerHandle {
         format!("http://{}", self.http_addr)
     }
 
+    /// The issuer's time, in unix seconds.
+    pub fn now(&self) -> i64 {
+        unix_seconds(self.clock.now())
+    }
+
+    /// Moves the issuer's clock forward.
+    pub fn advance(&self, seconds: u64) {
+        self.clock.advance(Duration::from_secs(seconds));
+    }
+
     /// Registers a client through the local (bootstrap) path; returns (client_id, secret).
     pub async fn client(
         &self,
@@ -179,7 +338,7 @@ impl IssuerHandle {
     ) -> (String, Option<String>) {
         let spec = ClientSpec {
             name: "test client".into(),
-            redirect_uris: vec!["https://app.example/callback".into()],
+            redirect_uris: REDIRECT_URIS.iter().map(|u| (*u).to_owned()).collect(),
             grant_types: grants.iter().copied().collect(),
             scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
             public,
@@ -201,6 +360,13 @@ impl IssuerHandle {
             self.issuer.assign_role_locally(&id, role).await.unwrap();
         }
         (id, secret.unwrap())
+    }
+
+    /// A frontend using authorization_code and refresh_token, allowed `scopes`.
+    pub async fn frontend(&self, scopes: &[&str], public: bool) -> Frontend {
+        let grants = [GrantType::AuthorizationCode, GrantType::RefreshToken];
+        let (client_id, secret) = self.client(&grants, scopes, public).await;
+        Frontend { client_id, secret }
     }
 
     /// Creates a user holding `roles`; returns (user_id, TOTP secret base32 if asked).
@@ -225,12 +391,110 @@ impl IssuerHandle {
         (created.user.user_id, created.totp_secret)
     }
 
+    /// The TOTP code of a base32 secret at the issuer's current time.
+    pub fn totp(&self, secret_base32: &str) -> String {
+        let secret = BASE32_NOPAD.decode(secret_base32.as_bytes()).unwrap();
+        trias_issuer::secrets::totp_at(&secret, u64::try_from(self.now()).unwrap())
+    }
+
+    /// Logs in through `frontend` and exchanges the code; panics on any refusal.
+    pub async fn sign_in(
+        &self,
+        frontend: &Frontend,
+        username: &str,
+        password: &str,
+        scope: &str,
+    ) -> TokenResponse {
+        let mut grpc = self.grpc().await;
+        let (login, verifier) = frontend.login(username, password, scope);
+        let code = grpc.login(login).await.unwrap().into_inner().code;
+        grpc.token(frontend.exchange(&code, &verifier))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Creates an administrator (role `admin`, TOTP enrolled) and a frontend for them.
+    pub async fn admin(&self, username: &str) -> Admin {
+        let password = format!("{username} password");
+        let (user_id, totp) = self.user(username, &password, &["admin"], true).await;
+        let scopes: Vec<&str> = ADMIN_SCOPES.split(' ').collect();
+        Admin {
+            user_id,
+            username: username.to_owned(),
+            password,
+            totp_secret: totp.unwrap(),
+            frontend: self.frontend(&scopes, false).await,
+        }
+    }
+
+    /// An admin access token for `scopes` (space-separated), from a login with TOTP at the
+    /// admin audience: the stronger flow the admin API demands.
+    pub async fn admin_token(&self, admin: &Admin, scopes: &str) -> String {
+        let mut grpc = self.grpc().await;
+        let (login, verifier) = admin
+            .frontend
+            .login(&admin.username, &admin.password, scopes);
+        let login = LoginRequest {
+            resource: "issuer-admin".into(),
+            totp: self.totp(&admin.totp_secret),
+            ..login
+        };
+        let code = grpc.login(login).await.unwrap().into_inner().code;
+        let token = grpc
+            .token(admin.frontend.exchange(&code, &verifier))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(token.audience, "issuer-admin");
+        token.access_token
+    }
+
+    /// POSTs a form to an HTTP endpoint, with HTTP Basic client authentication if given.
+    pub async fn post_form(
+        &self,
+        path: &str,
+        form: &[(&str, &str)],
+        basic: Option<(&str, &str)>,
+    ) -> HttpReply {
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.http_base()))
+            .form(form);
+        if let Some((id, secret)) = basic {
+            request = request.basic_auth(id, Some(secret));
+        }
+        reply(request).await
+    }
+
+    /// POSTs a raw body with a content type.
+    pub async fn post_raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> HttpReply {
+        let request = self
+            .http
+            .post(format!("{}{path}", self.http_base()))
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+        reply(request).await
+    }
+
+    /// GETs an HTTP endpoint.
+    pub async fn get(&self, path: &str) -> HttpReply {
+        reply(self.http.get(format!("{}{path}", self.http_base()))).await
+    }
+
     /// All events in the outbox so far, oldest first.
-    pub async fn events(&self) -> Vec<trias_proto::v1::AuditEvent> {
+    pub async fn events(&self) -> Vec<AuditEvent> {
         self.issuer.outbox().unshipped(0, 100_000).await.unwrap()
     }
 
-    /// Stops the issuer and waits for it to drain.
+    /// The events of one kind, oldest first.
+    pub async fn events_of(&self, kind: EventKind) -> Vec<AuditEvent> {
+        let mut events = self.events().await;
+        events.retain(|e| e.kind() == kind);
+        events
+    }
+
+    /// Stops the issuer, waits for it to drain, and drops its PostgreSQL database.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -238,7 +502,42 @@ impl IssuerHandle {
         if let Some(task) = self.task.take() {
             task.await.unwrap();
         }
+        if let Some(db) = self.database.take() {
+            db.drop_database().await;
+        }
     }
+}
+
+async fn reply(request: reqwest::RequestBuilder) -> HttpReply {
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.unwrap();
+    HttpReply {
+        status,
+        headers,
+        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    }
+}
+
+/// A client_credentials token request.
+pub fn client_credentials(client_id: &str, secret: &str, scope: &str) -> TokenRequest {
+    TokenRequest {
+        grant_type: PbGrant::ClientCredentials as i32,
+        client_id: client_id.into(),
+        client_secret: secret.into(),
+        scope: scope.into(),
+        ..Default::default()
+    }
+}
+
+/// A gRPC request carrying `authorization: Bearer <token>`.
+pub fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
 }
 
 /// A PKCE verifier and its S256 challenge.
@@ -254,4 +553,57 @@ pub fn pkce_pair() -> (String, String) {
 pub fn oauth_error(status: &tonic::Status) -> Option<String> {
     use tonic_types::StatusExt;
     status.get_details_error_info().map(|info| info.reason)
+}
+
+/// Asserts that a call failed with `code` and the OAuth error `error`; returns the status.
+#[track_caller]
+pub fn refused<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    error: &str,
+) -> tonic::Status {
+    let status = result.expect_err("the call should have been refused");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert_eq!(oauth_error(&status).as_deref(), Some(error), "{status:?}");
+    status
+}
+
+/// The decoded (not verified) header and claims of a JWT.
+pub fn jwt_parts(token: &str) -> (Value, Value) {
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(
+        parts.len(),
+        3,
+        "a JWS compact serialization has three parts"
+    );
+    let decode = |part: &str| -> Value {
+        serde_json::from_slice(&BASE64URL_NOPAD.decode(part.as_bytes()).unwrap()).unwrap()
+    };
+    (decode(parts[0]), decode(parts[1]))
+}
+
+/// The claims of a JWT, not verified.
+pub fn claims(token: &str) -> Value {
+    jwt_parts(token).1
+}
+
+/// Asserts that no bearer value (token, code, secret, password) appears in any event.
+#[track_caller]
+pub fn assert_no_bearer_values(events: &[AuditEvent], values: &[&str]) {
+    let text = format!("{events:?}");
+    for value in values.iter().filter(|v| !v.is_empty()) {
+        assert!(
+            !text.contains(value),
+            "a bearer value leaked into the audit events"
+        );
+    }
+}
+
+/// The next revocation on a feed; fails the test if none arrives within five seconds.
+pub async fn next_revocation(stream: &mut tonic::Streaming<Revocation>) -> Revocation {
+    tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("a revocation within five seconds")
+        .unwrap()
+        .expect("the feed stays open")
 }

@@ -1,0 +1,1206 @@
+//! The issuance benchmark: one issuer started in-process by the e2e harness (SQLite, durable
+//! outbox that fsyncs every group commit, strict audit), driven in a closed loop by concurrent
+//! clients over gRPC and over HTTP, reporting tokens per second, latency percentiles, errors
+//! and outbox commits per second.
+//!
+//! Run with `cargo bench -p trias-tests --bench issuance`. The load generator runs in the same
+//! process as the issuer, on its own runtime, so on a small machine the two share the cores;
+//! the report splits CPU time between them so the figures can be read with that in mind.
+//!
+//! Environment overrides (all optional):
+//! - `TRIAS_BENCH_SECONDS` (10): measured seconds per scenario;
+//! - `TRIAS_BENCH_WARMUP` (2): warm-up seconds before each measurement;
+//! - `TRIAS_BENCH_CONCURRENCY` (64): requests in flight;
+//! - `TRIAS_BENCH_CHANNELS` (4): HTTP/2 connections the gRPC clients share;
+//! - `TRIAS_BENCH_SCENARIOS` (all): which of `grpc`, `http`, `refresh` and the diagnostics
+//!   `grpc-nodelay`, `http-nodelay`, `inprocess`, `reads`, `outbox` to run, comma-separated;
+//! - `TRIAS_BENCH_STAGES` (1): `0` skips the one-at-a-time stage timings;
+//! - `TRIAS_BENCH_SERVER_THREADS` / `TRIAS_BENCH_CLIENT_THREADS` (2 / 2): runtime workers;
+//! - `TRIAS_BENCH_OUTPUT` (`<workspace>/target/bench-issuance.json`): the JSON report.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    reason = "a benchmark binary fails loudly and reports on standard output"
+)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::runtime::{Handle, Runtime};
+use tonic::transport::Channel;
+use tonic::transport::server::TcpIncoming;
+use trias_issuer::issuer::{Issuer, TokenInput};
+use trias_issuer::keys::AccessClaims;
+use trias_policy::GrantType;
+use trias_proto::v1 as pb;
+use trias_proto::v1::issuer_client::IssuerClient;
+use trias_runtime::clock::{Clock as _, unix_seconds};
+use trias_runtime::event::EventDraft;
+use trias_runtime::outbox::Outbox;
+use trias_tests::{IssuerHandle, IssuerOptions, pkce_pair, start_issuer};
+
+/// The role and scopes every benchmark subject holds (from the sample policy).
+const ROLE: &str = "clerk";
+const SCOPES: &[&str] = &["payments:read", "payments:create"];
+/// The redirect URI the harness registers for every client.
+const REDIRECT_URI: &str = "https://app.example/callback";
+/// The target this benchmark checks (over gRPC, on the 2-core reference machine).
+const TARGET_TOKENS_PER_SEC: f64 = 5_000.0;
+const TARGET_P99_US: u64 = 10_000;
+/// Linux reports per-thread CPU time in clock ticks of 1/100 s on every common platform.
+const CLOCK_TICKS_PER_SEC: f64 = 100.0;
+/// Every scenario, in the order they run by default.
+const SCENARIOS: &[&str] = &[
+    "grpc",
+    "http",
+    "refresh",
+    "grpc-nodelay",
+    "http-nodelay",
+    "inprocess",
+    "reads",
+    "outbox",
+];
+
+/// What to run, from the environment.
+#[derive(Debug, Clone)]
+struct Settings {
+    measure: Duration,
+    warmup: Duration,
+    concurrency: usize,
+    channels: usize,
+    scenarios: Vec<String>,
+    stages: bool,
+    server_threads: usize,
+    client_threads: usize,
+    output: PathBuf,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={text} is not a valid value")),
+        Err(_) => default,
+    }
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        let scenarios = std::env::var("TRIAS_BENCH_SCENARIOS")
+            .unwrap_or_else(|_| SCENARIOS.join(","))
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>();
+        for name in &scenarios {
+            assert!(
+                SCENARIOS.contains(&name.as_str()),
+                "unknown scenario {name} in TRIAS_BENCH_SCENARIOS"
+            );
+        }
+        // Benchmarks run with the package directory as the working directory; the report goes
+        // to the workspace's target directory unless told otherwise.
+        let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
+            PathBuf::from,
+        );
+        Settings {
+            measure: Duration::from_secs_f64(env_or("TRIAS_BENCH_SECONDS", 10.0)),
+            warmup: Duration::from_secs_f64(env_or("TRIAS_BENCH_WARMUP", 2.0)),
+            concurrency: env_or("TRIAS_BENCH_CONCURRENCY", 64usize).max(1),
+            channels: env_or("TRIAS_BENCH_CHANNELS", 4usize).max(1),
+            scenarios,
+            stages: env_or("TRIAS_BENCH_STAGES", 1u8) != 0,
+            server_threads: env_or("TRIAS_BENCH_SERVER_THREADS", 2usize).max(1),
+            client_threads: env_or("TRIAS_BENCH_CLIENT_THREADS", 2usize).max(1),
+            output: std::env::var_os("TRIAS_BENCH_OUTPUT")
+                .map_or_else(|| target.join("bench-issuance.json"), PathBuf::from),
+        }
+    }
+}
+
+/// The subjects the scenarios use, registered once.
+#[derive(Debug, Clone)]
+struct Fixture {
+    service_id: String,
+    service_secret: String,
+    /// A confidential authorization_code + refresh_token client, for the refresh scenario.
+    app_id: String,
+    app_secret: String,
+    username: String,
+    password: String,
+}
+
+impl Fixture {
+    fn cc_grpc_request(&self) -> pb::TokenRequest {
+        pb::TokenRequest {
+            grant_type: pb::GrantType::ClientCredentials as i32,
+            client_id: self.service_id.clone(),
+            client_secret: self.service_secret.clone(),
+            ..Default::default()
+        }
+    }
+
+    fn cc_form(&self) -> String {
+        serde_urlencoded_pairs(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", &self.service_id),
+            ("client_secret", &self.service_secret),
+        ])
+    }
+}
+
+/// `application/x-www-form-urlencoded` without another dependency: the values here are ids and
+/// base64url secrets, so only the reserved characters need escaping.
+fn serde_urlencoded_pairs(pairs: &[(&str, &str)]) -> String {
+    let escape = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", escape(k), escape(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// One closed-loop client: sends a request, waits for the answer, sends the next.
+enum Worker {
+    Grpc {
+        client: IssuerClient<Channel>,
+        request: pb::TokenRequest,
+    },
+    Http {
+        client: reqwest::Client,
+        url: String,
+        body: String,
+    },
+    Refresh {
+        client: IssuerClient<Channel>,
+        fixture: Fixture,
+        refresh_token: String,
+    },
+    InProcess {
+        issuer: Issuer,
+        fixture: Fixture,
+    },
+    Reads {
+        issuer: Issuer,
+        client_id: String,
+    },
+    Outbox {
+        outbox: Outbox,
+        client_id: String,
+    },
+}
+
+impl Worker {
+    async fn call(&mut self) -> Result<(), String> {
+        match self {
+            Worker::Grpc { client, request } => {
+                let response = client
+                    .token(request.clone())
+                    .await
+                    .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+                    .into_inner();
+                check_token(&response.access_token)
+            }
+            Worker::Http { client, url, body } => {
+                let response = client
+                    .post(url.as_str())
+                    .header(
+                        reqwest::header::CONTENT_TYPE,
+                        "application/x-www-form-urlencoded",
+                    )
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let status = response.status();
+                let bytes = response.bytes().await.map_err(|e| e.to_string())?;
+                if !status.is_success() {
+                    return Err(format!("{status}: {}", String::from_utf8_lossy(&bytes)));
+                }
+                let body: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+                check_token(body["access_token"].as_str().unwrap_or(""))
+            }
+            Worker::Refresh {
+                client,
+                fixture,
+                refresh_token,
+            } => {
+                let request = pb::TokenRequest {
+                    grant_type: pb::GrantType::RefreshToken as i32,
+                    client_id: fixture.app_id.clone(),
+                    client_secret: fixture.app_secret.clone(),
+                    refresh_token: refresh_token.clone(),
+                    ..Default::default()
+                };
+                match client.token(request).await {
+                    Ok(response) => {
+                        let response = response.into_inner();
+                        *refresh_token = response.refresh_token;
+                        check_token(&response.access_token)
+                    }
+                    Err(status) => {
+                        // The chain is broken; start a new one so the loop goes on, and count
+                        // the failure.
+                        if let Ok(fresh) = start_refresh_chain(client, fixture).await {
+                            *refresh_token = fresh;
+                        }
+                        Err(format!("{:?}: {}", status.code(), status.message()))
+                    }
+                }
+            }
+            Worker::InProcess { issuer, fixture } => {
+                let issued = issuer
+                    .token(TokenInput {
+                        grant_type: "client_credentials".into(),
+                        client_id: fixture.service_id.clone(),
+                        client_secret: Some(fixture.service_secret.clone()),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                check_token(&issued.access_token)
+            }
+            Worker::Reads { issuer, client_id } => {
+                let store = issuer.store();
+                store
+                    .client(client_id)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or("the client is gone")?;
+                store
+                    .roles_of(client_id)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+            Worker::Outbox { outbox, client_id } => outbox
+                .record(issued_event(client_id))
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// An event shaped like the one `Issuer::issue` records.
+fn issued_event(client_id: &str) -> EventDraft {
+    EventDraft::new(pb::EventKind::TokenIssued)
+        .subject(client_id)
+        .client_id(client_id)
+        .token_id("0123456789abcdef0123456789abcdef")
+        .audience("payments")
+        .decision(pb::Decision::Allow)
+        .attribute("grant_type", "client_credentials")
+        .attribute("scope", SCOPES.join(" "))
+        .attribute("exp", "2000000000")
+        .attribute("kid", "bench")
+        .attribute("refresh", "none")
+}
+
+fn check_token(token: &str) -> Result<(), String> {
+    if token.split('.').count() == 3 {
+        Ok(())
+    } else {
+        Err("the response carries no JWT".into())
+    }
+}
+
+/// Logs the user in (argon2, once per chain) and exchanges the code; returns the refresh token.
+async fn start_refresh_chain(
+    client: &mut IssuerClient<Channel>,
+    fixture: &Fixture,
+) -> Result<String, String> {
+    let (verifier, challenge) = pkce_pair();
+    let login = client
+        .login(pb::LoginRequest {
+            client_id: fixture.app_id.clone(),
+            redirect_uri: REDIRECT_URI.into(),
+            code_challenge: challenge,
+            code_challenge_method: "S256".into(),
+            username: fixture.username.clone(),
+            password: fixture.password.clone(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| format!("login: {:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    let token = client
+        .token(pb::TokenRequest {
+            grant_type: pb::GrantType::AuthorizationCode as i32,
+            client_id: fixture.app_id.clone(),
+            client_secret: fixture.app_secret.clone(),
+            code: login.code,
+            code_verifier: verifier,
+            redirect_uri: REDIRECT_URI.into(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| format!("code exchange: {:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    if token.refresh_token.is_empty() {
+        return Err("the code exchange returned no refresh token".into());
+    }
+    Ok(token.refresh_token)
+}
+
+/// When a worker's results count.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    measure_from: Instant,
+    end: Instant,
+}
+
+#[derive(Debug)]
+struct WorkerResult {
+    latencies_us: Histogram<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap()
+}
+
+/// The closed loop: requests that start in the measurement window and finish before its end
+/// are measured; an error in any phase counts.
+async fn run_worker(mut worker: Worker, window: Window) -> WorkerResult {
+    let mut result = WorkerResult {
+        latencies_us: histogram(),
+        errors: 0,
+        first_error: None,
+    };
+    loop {
+        let started = Instant::now();
+        if started >= window.end {
+            break;
+        }
+        let outcome = worker.call().await;
+        let finished = Instant::now();
+        match outcome {
+            Ok(()) => {
+                if started >= window.measure_from && finished <= window.end {
+                    let us = u64::try_from((finished - started).as_micros()).unwrap_or(u64::MAX);
+                    result.latencies_us.saturating_record(us.max(1));
+                }
+            }
+            Err(error) => {
+                result.errors += 1;
+                result.first_error.get_or_insert(error);
+            }
+        }
+    }
+    result
+}
+
+/// What one thread has used so far.
+#[derive(Debug, Clone)]
+struct ThreadSample {
+    name: String,
+    /// User plus system CPU time, in clock ticks.
+    ticks: u64,
+    /// Voluntary plus involuntary context switches.
+    switches: u64,
+}
+
+/// Every thread of this process, by thread id.
+fn thread_samples() -> BTreeMap<u32, ThreadSample> {
+    let mut samples = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return samples;
+    };
+    for task in tasks.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // `tid (comm) state ppid …`: the name may hold spaces, so split after the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_owned();
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let switches = status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+        samples.insert(
+            tid,
+            ThreadSample {
+                name,
+                // utime and stime are the 14th and 15th fields; the 3rd (state) is index 0 here.
+                ticks: field(11) + field(12),
+                switches,
+            },
+        );
+    }
+    samples
+}
+
+/// Busy (non-idle, non-iowait) CPU ticks of the whole machine, from `/proc/stat`.
+fn machine_busy_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0;
+    };
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal …: everything but idle and iowait.
+    fields
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// What a group of threads used during a window.
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    /// CPU seconds per second of wall time.
+    cores: f64,
+    /// Context switches per second.
+    switches_per_sec: f64,
+}
+
+/// Usage grouped by what the threads do: the issuer's runtime, the SQLite worker threads
+/// (sqlx runs each SQLite connection on its own thread), the load generator, the rest.
+fn usage_split(
+    before: &BTreeMap<u32, ThreadSample>,
+    after: &BTreeMap<u32, ThreadSample>,
+    wall: Duration,
+) -> BTreeMap<&'static str, Usage> {
+    let mut split: BTreeMap<&'static str, Usage> = BTreeMap::new();
+    for (tid, sample) in after {
+        let (ticks, switches) = before.get(tid).map_or((0, 0), |b| (b.ticks, b.switches));
+        let group = if sample.name.starts_with("issuer-rt") {
+            "issuer"
+        } else if sample.name.starts_with("bench-client") {
+            "load"
+        } else if sample.name.starts_with("sqlx-sqlite") {
+            "sqlite"
+        } else {
+            "other"
+        };
+        let usage = split.entry(group).or_default();
+        usage.cores +=
+            sample.ticks.saturating_sub(ticks) as f64 / CLOCK_TICKS_PER_SEC / wall.as_secs_f64();
+        usage.switches_per_sec +=
+            sample.switches.saturating_sub(switches) as f64 / wall.as_secs_f64();
+    }
+    split
+}
+
+/// One scenario's figures.
+#[derive(Debug)]
+struct Report {
+    name: String,
+    description: String,
+    completed: u64,
+    tokens_per_sec: f64,
+    latencies_us: Histogram<u64>,
+    errors: u64,
+    first_error: Option<String>,
+    commits: u64,
+    commits_per_sec: f64,
+    usage: BTreeMap<&'static str, Usage>,
+    /// CPU cores busy outside this process during the window (other programs, the kernel's
+    /// own threads): noise the figures should be read against.
+    foreign_cores: f64,
+}
+
+impl Report {
+    fn json(&self) -> Value {
+        let h = &self.latencies_us;
+        json!({
+            "name": self.name,
+            "description": self.description,
+            "completed": self.completed,
+            "tokens_per_sec": round(self.tokens_per_sec, 1),
+            "latency_us": {
+                "p50": h.value_at_quantile(0.5),
+                "p99": h.value_at_quantile(0.99),
+                "p99_9": h.value_at_quantile(0.999),
+                "max": h.max(),
+                "mean": round(h.mean(), 1),
+            },
+            "errors": self.errors,
+            "first_error": self.first_error,
+            "outbox_commits": self.commits,
+            "outbox_commits_per_sec": round(self.commits_per_sec, 1),
+            "events_per_commit": round(self.completed as f64 / self.commits.max(1) as f64, 2),
+            "cpu_cores": self.usage.iter().map(|(k, u)| (k.to_string(), json!(round(u.cores, 2)))).collect::<serde_json::Map<_, _>>(),
+            "cpu_us_per_op": round(self.cpu_us_per_op(), 1),
+            "machine_cores_busy_outside_benchmark": round(self.foreign_cores, 2),
+            "context_switches_per_op": round(self.switches_per_op(), 2),
+        })
+    }
+
+    fn cores(&self, group: &str) -> f64 {
+        self.usage.get(group).map_or(0.0, |u| u.cores)
+    }
+
+    /// CPU time the whole process spent per completed operation, load generator included.
+    fn cpu_us_per_op(&self) -> f64 {
+        let cores: f64 = self.usage.values().map(|u| u.cores).sum();
+        cores * 1e6 / self.tokens_per_sec.max(1.0)
+    }
+
+    fn switches_per_op(&self) -> f64 {
+        let switches: f64 = self.usage.values().map(|u| u.switches_per_sec).sum();
+        switches / self.tokens_per_sec.max(1.0)
+    }
+}
+
+fn round(value: f64, places: i32) -> f64 {
+    let scale = 10f64.powi(places);
+    (value * scale).round() / scale
+}
+
+/// Runs `workers` on `runtime` for warm-up plus the measured window.
+async fn drive(
+    name: &str,
+    description: &str,
+    runtime: &Handle,
+    outbox: &Outbox,
+    workers: Vec<Worker>,
+    settings: &Settings,
+) -> Report {
+    let start = Instant::now();
+    let window = Window {
+        measure_from: start + settings.warmup,
+        end: start + settings.warmup + settings.measure,
+    };
+    let tasks: Vec<_> = workers
+        .into_iter()
+        .map(|worker| runtime.spawn(run_worker(worker, window)))
+        .collect();
+    tokio::time::sleep_until(window.measure_from.into()).await;
+    let (commits_before, threads_before, busy_before) =
+        (outbox.commits(), thread_samples(), machine_busy_ticks());
+    tokio::time::sleep_until(window.end.into()).await;
+    let (commits_after, threads_after, busy_after) =
+        (outbox.commits(), thread_samples(), machine_busy_ticks());
+    let mut latencies_us = histogram();
+    let (mut errors, mut first_error) = (0, None);
+    for task in tasks {
+        let result = task.await.unwrap();
+        latencies_us.add(&result.latencies_us).unwrap();
+        errors += result.errors;
+        if first_error.is_none() {
+            first_error = result.first_error;
+        }
+    }
+    let completed = latencies_us.len();
+    let seconds = settings.measure.as_secs_f64();
+    let commits = commits_after - commits_before;
+    let mut report = Report {
+        name: name.to_owned(),
+        description: description.to_owned(),
+        completed,
+        tokens_per_sec: completed as f64 / seconds,
+        latencies_us,
+        errors,
+        first_error,
+        commits,
+        commits_per_sec: commits as f64 / seconds,
+        usage: usage_split(&threads_before, &threads_after, settings.measure),
+        foreign_cores: 0.0,
+    };
+    let ours: f64 = report.usage.values().map(|u| u.cores).sum();
+    let busy = busy_after.saturating_sub(busy_before) as f64 / CLOCK_TICKS_PER_SEC / seconds;
+    report.foreign_cores = (busy - ours).max(0.0);
+    report
+}
+
+/// Where the scenarios send their requests.
+#[derive(Debug, Clone, Copy)]
+struct Targets {
+    /// The issuer's own listeners, as `trias_issuer::serve` runs them.
+    grpc: SocketAddr,
+    http: SocketAddr,
+    /// The same issuer's gRPC service and HTTP router served again with `TCP_NODELAY` on
+    /// accepted connections, to measure what Nagle's algorithm costs the issuer's listeners.
+    nodelay: Option<(SocketAddr, SocketAddr)>,
+}
+
+/// Serves the issuer's own gRPC service and HTTP router on new listeners that set
+/// `TCP_NODELAY` on every accepted connection (`serve_with_incoming_shutdown` over a
+/// `TcpListenerStream` does not, and neither does `axum::serve` by default).
+async fn serve_nodelay(issuer: &Issuer) -> (SocketAddr, SocketAddr) {
+    use axum::serve::ListenerExt as _;
+    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addrs = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
+    // The side servers run until the process ends; the sender lives as long as the server.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let service = trias_issuer::grpc::IssuerService::new(issuer.clone(), stop_rx).into_server();
+    tokio::spawn(async move {
+        let _stop = stop_tx;
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(TcpIncoming::from(grpc).with_nodelay(Some(true)))
+            .await
+            .unwrap();
+    });
+    let router = trias_issuer::http::router(issuer.clone());
+    let http = http.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(async move { axum::serve(http, router).await.unwrap() });
+    addrs
+}
+
+async fn grpc_clients(addr: SocketAddr, settings: &Settings) -> Vec<IssuerClient<Channel>> {
+    let mut channels = Vec::new();
+    for _ in 0..settings.channels {
+        // One channel is one HTTP/2 connection; the workers multiplex over them.
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .unwrap();
+        channels.push(IssuerClient::new(channel));
+    }
+    (0..settings.concurrency)
+        .map(|i| channels[i % channels.len()].clone())
+        .collect()
+}
+
+async fn run_scenario(
+    name: &str,
+    handle: &IssuerHandle,
+    targets: Targets,
+    fixture: &Fixture,
+    server: &Handle,
+    client: &Handle,
+    settings: &Settings,
+) -> Report {
+    let c = settings.concurrency;
+    let outbox = handle.issuer.outbox();
+    match name {
+        "grpc" | "grpc-nodelay" => {
+            let (addr, listener) = match name {
+                "grpc" => (targets.grpc, "the issuer's listener"),
+                _ => (
+                    targets.nodelay.unwrap().0,
+                    "a TCP_NODELAY listener serving the same issuer",
+                ),
+            };
+            let workers = grpc_clients(addr, settings)
+                .await
+                .into_iter()
+                .map(|client| Worker::Grpc {
+                    client,
+                    request: fixture.cc_grpc_request(),
+                })
+                .collect();
+            let description = format!(
+                "client_credentials over gRPC, {c} in flight on {} HTTP/2 connections to {listener}",
+                settings.channels
+            );
+            drive(name, &description, client, outbox, workers, settings).await
+        }
+        "http" | "http-nodelay" => {
+            let (addr, listener) = match name {
+                "http" => (targets.http, "the issuer's listener"),
+                _ => (
+                    targets.nodelay.unwrap().1,
+                    "a TCP_NODELAY listener serving the same issuer",
+                ),
+            };
+            // HTTP/1.1 (the issuer's HTTP endpoints speak only HTTP/1.1): one keep-alive
+            // connection per request in flight.
+            let http = reqwest::Client::builder()
+                .tcp_nodelay(true)
+                .pool_max_idle_per_host(c)
+                .build()
+                .unwrap();
+            let url = format!("http://{addr}/oauth2/token");
+            let workers = (0..c)
+                .map(|_| Worker::Http {
+                    client: http.clone(),
+                    url: url.clone(),
+                    body: fixture.cc_form(),
+                })
+                .collect();
+            let description = format!(
+                "client_credentials, POST /oauth2/token (HTTP/1.1 keep-alive), {c} in flight, to {listener}"
+            );
+            drive(name, &description, client, outbox, workers, settings).await
+        }
+        "refresh" => {
+            let mut workers = Vec::new();
+            for mut grpc in grpc_clients(targets.grpc, settings).await {
+                let refresh_token = start_refresh_chain(&mut grpc, fixture).await.unwrap();
+                workers.push(Worker::Refresh {
+                    client: grpc,
+                    fixture: fixture.clone(),
+                    refresh_token,
+                });
+            }
+            let description = format!(
+                "refresh_token rotation over gRPC, {c} families rotated concurrently on {} HTTP/2 connections",
+                settings.channels
+            );
+            drive(name, &description, client, outbox, workers, settings).await
+        }
+        "inprocess" => {
+            let workers = (0..c)
+                .map(|_| Worker::InProcess {
+                    issuer: handle.issuer.clone(),
+                    fixture: fixture.clone(),
+                })
+                .collect();
+            let description = format!(
+                "diagnostic: Issuer::token(client_credentials) called directly on the issuer's runtime, {c} in flight, no transport"
+            );
+            drive(name, &description, server, outbox, workers, settings).await
+        }
+        "reads" => {
+            let workers = (0..c)
+                .map(|_| Worker::Reads {
+                    issuer: handle.issuer.clone(),
+                    client_id: fixture.service_id.clone(),
+                })
+                .collect();
+            let description = format!(
+                "diagnostic: the two reads of every client_credentials request (store.client, store.roles_of) alone, {c} in flight"
+            );
+            drive(name, &description, server, outbox, workers, settings).await
+        }
+        "outbox" => {
+            let workers = (0..c)
+                .map(|_| Worker::Outbox {
+                    outbox: outbox.clone(),
+                    client_id: fixture.service_id.clone(),
+                })
+                .collect();
+            let description = format!(
+                "diagnostic: Outbox::record of a token_issued event alone, {c} in flight (the group-commit ceiling)"
+            );
+            drive(name, &description, server, outbox, workers, settings).await
+        }
+        other => unreachable!("scenario {other} was validated"),
+    }
+}
+
+/// One step of issuance timed on its own, one call at a time.
+#[derive(Debug)]
+struct Stage {
+    name: &'static str,
+    /// Nanoseconds per call.
+    nanos: Histogram<u64>,
+}
+
+impl Stage {
+    fn us(&self, quantile: f64) -> f64 {
+        self.nanos.value_at_quantile(quantile) as f64 / 1000.0
+    }
+
+    fn mean_us(&self) -> f64 {
+        self.nanos.mean() / 1000.0
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "name": self.name,
+            "iterations": self.nanos.len(),
+            "mean_us": round(self.mean_us(), 2),
+            "p50_us": round(self.us(0.5), 2),
+            "p99_us": round(self.us(0.99), 2),
+        })
+    }
+}
+
+/// Times `op` `n` times; operations far below a microsecond are timed in batches of `batch`.
+async fn time_stage<F, Fut>(name: &'static str, n: usize, batch: u32, mut op: F) -> Stage
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut nanos = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+    for _ in 0..n {
+        let started = Instant::now();
+        for _ in 0..batch {
+            op().await;
+        }
+        let per_call = started.elapsed() / batch;
+        nanos.saturating_record(
+            u64::try_from(per_call.as_nanos())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        );
+    }
+    Stage { name, nanos }
+}
+
+/// The stages of a client_credentials issuance, each timed alone on an idle issuer.
+async fn stages(handle: &IssuerHandle, fixture: &Fixture) -> Vec<Stage> {
+    let issuer = &handle.issuer;
+    let store = issuer.store();
+    let now = unix_seconds(handle.clock.now());
+    let claims = AccessClaims {
+        iss: issuer.settings().issuer.clone(),
+        sub: fixture.service_id.clone(),
+        aud: "payments".into(),
+        client_id: fixture.service_id.clone(),
+        scope: SCOPES.join(" "),
+        iat: now,
+        exp: now + 300,
+        jti: "0123456789abcdef0123456789abcdef".into(),
+        acr: None,
+        auth_time: None,
+        sid: None,
+    };
+    let (token, kid) = issuer.keys().sign(&claims).unwrap();
+    let signing_input = token.rsplit_once('.').unwrap().0.as_bytes().to_vec();
+    let pkcs8 = store
+        .keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|k| k.kid == kid)
+        .unwrap()
+        .private_pkcs8;
+    let parsed = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&pkcs8).unwrap();
+
+    let mut out = Vec::new();
+    let id = fixture.service_id.as_str();
+    out.push(
+        time_stage("store.client (SQLite, sqlx Any pool)", 2000, 1, || async {
+            store.client(id).await.unwrap().unwrap();
+        })
+        .await,
+    );
+    out.push(
+        time_stage(
+            "store.roles_of (SQLite, sqlx Any pool)",
+            2000,
+            1,
+            || async {
+                store.roles_of(id).await.unwrap();
+            },
+        )
+        .await,
+    );
+    out.push(
+        time_stage(
+            "keys.sign: jsonwebtoken EdDSA (re-parses PKCS#8 per call)",
+            2000,
+            1,
+            || async {
+                issuer.keys().sign(&claims).unwrap();
+            },
+        )
+        .await,
+    );
+    out.push(
+        time_stage(
+            "Ed25519KeyPair::from_pkcs8_maybe_unchecked (the per-call parse)",
+            2000,
+            1,
+            || async {
+                ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&pkcs8).unwrap();
+            },
+        )
+        .await,
+    );
+    out.push(
+        time_stage(
+            "ring Ed25519 sign with the key parsed once",
+            2000,
+            1,
+            || async {
+                std::hint::black_box(parsed.sign(&signing_input));
+            },
+        )
+        .await,
+    );
+    out.push(
+        time_stage(
+            "client secret check: SHA-256 (no argon2 on this path)",
+            2000,
+            100,
+            || async {
+                std::hint::black_box(trias_issuer::secrets::hash_secret(&fixture.service_secret));
+            },
+        )
+        .await,
+    );
+    out.push(
+        time_stage(
+            "outbox.record alone, one at a time (one fsync'd commit each)",
+            200,
+            1,
+            || async {
+                issuer.outbox().record(issued_event(id)).await.unwrap();
+            },
+        )
+        .await,
+    );
+    out.push(
+        time_stage(
+            "Issuer::token(client_credentials) in-process, one at a time",
+            200,
+            1,
+            || async {
+                issuer
+                    .token(TokenInput {
+                        grant_type: "client_credentials".into(),
+                        client_id: fixture.service_id.clone(),
+                        client_secret: Some(fixture.service_secret.clone()),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+            },
+        )
+        .await,
+    );
+    out
+}
+
+fn runtime(name: &str, threads: usize) -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2}", us as f64 / 1000.0)
+}
+
+fn main() {
+    let settings = Settings::from_env();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The issuer runs on its own runtime, as it would in its own process; the load generator
+    // runs on another. Both share the machine's cores.
+    let server = runtime("issuer-rt", settings.server_threads);
+    let client = runtime("bench-client", settings.client_threads);
+
+    let (handle, fixture) = server.block_on(async {
+        let handle = start_issuer(IssuerOptions::default())
+            .await
+            .expect("the SQLite issuer always starts");
+        let (service_id, service_secret) = handle.service_client(&[ROLE], SCOPES).await;
+        let (app_id, app_secret) = handle
+            .client(
+                &[GrantType::AuthorizationCode, GrantType::RefreshToken],
+                SCOPES,
+                false,
+            )
+            .await;
+        let (username, password) = ("bench-clerk".to_owned(), "correct horse battery".to_owned());
+        handle.user(&username, &password, &[ROLE], false).await;
+        let fixture = Fixture {
+            service_id,
+            service_secret,
+            app_id,
+            app_secret: app_secret.expect("a confidential client has a secret"),
+            username,
+            password,
+        };
+        (handle, fixture)
+    });
+
+    println!("Trias issuance benchmark");
+    println!(
+        "issuer: SQLite, durable outbox (group commit, fsync per commit), strict audit; \
+         load: closed loop, {} in flight, {:.0} s warm-up + {:.0} s measured per scenario",
+        settings.concurrency,
+        settings.warmup.as_secs_f64(),
+        settings.measure.as_secs_f64()
+    );
+    println!(
+        "machine: {cpus} CPUs, shared by the issuer ({} runtime threads + SQLite threads) and the \
+         load generator ({} threads) in this one process",
+        settings.server_threads, settings.client_threads
+    );
+
+    let targets = Targets {
+        grpc: handle.grpc_addr,
+        http: handle.http_addr,
+        nodelay: settings
+            .scenarios
+            .iter()
+            .any(|s| s.ends_with("-nodelay"))
+            .then(|| server.block_on(serve_nodelay(&handle.issuer))),
+    };
+    let mut reports = Vec::new();
+    for name in &settings.scenarios {
+        let report = client.block_on(run_scenario(
+            name,
+            &handle,
+            targets,
+            &fixture,
+            server.handle(),
+            client.handle(),
+            &settings,
+        ));
+        let h = &report.latencies_us;
+        println!(
+            "  {:<13} {:>9.0} tokens/s  p50 {:>6} ms  p99 {:>6} ms  p99.9 {:>6} ms  errors {}  commits/s {:.0}",
+            report.name,
+            report.tokens_per_sec,
+            ms(h.value_at_quantile(0.5)),
+            ms(h.value_at_quantile(0.99)),
+            ms(h.value_at_quantile(0.999)),
+            report.errors,
+            report.commits_per_sec,
+        );
+        reports.push(report);
+    }
+
+    let stage_results = if settings.stages {
+        server.block_on(stages(&handle, &fixture))
+    } else {
+        Vec::new()
+    };
+
+    println!();
+    println!(
+        "{:<13} {:>9} {:>7} {:>7} {:>8} {:>6} {:>9} {:>9} {:>8} {:>8}   CPU cores: issuer / sqlite / load / outside",
+        "scenario",
+        "tokens/s",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "errors",
+        "commits/s",
+        "ev/commit",
+        "CPU µs/op",
+        "csw/op",
+    );
+    for r in &reports {
+        let h = &r.latencies_us;
+        println!(
+            "{:<13} {:>9.0} {:>7} {:>7} {:>8} {:>6} {:>9.0} {:>9.1} {:>8.0} {:>8.1}   {:.2} / {:.2} / {:.2} / {:.2}",
+            r.name,
+            r.tokens_per_sec,
+            ms(h.value_at_quantile(0.5)),
+            ms(h.value_at_quantile(0.99)),
+            ms(h.value_at_quantile(0.999)),
+            r.errors,
+            r.commits_per_sec,
+            r.completed as f64 / r.commits.max(1) as f64,
+            r.cpu_us_per_op(),
+            r.switches_per_op(),
+            r.cores("issuer"),
+            r.cores("sqlite"),
+            r.cores("load"),
+            r.foreign_cores,
+        );
+    }
+    for r in &reports {
+        println!("  {}: {}", r.name, r.description);
+        if let Some(error) = &r.first_error {
+            println!("  {}: first error: {error}", r.name);
+        }
+    }
+    if !stage_results.is_empty() {
+        println!();
+        println!("stages, one call at a time on an idle issuer:");
+        println!("{:>10} {:>10} {:>10}  stage", "mean µs", "p50 µs", "p99 µs");
+        for stage in &stage_results {
+            println!(
+                "{:>10.2} {:>10.2} {:>10.2}  {}",
+                stage.mean_us(),
+                stage.us(0.5),
+                stage.us(0.99),
+                stage.name
+            );
+        }
+    }
+
+    let grpc = reports.iter().find(|r| r.name == "grpc");
+    let target_met = grpc.map(|r| {
+        r.errors == 0
+            && r.tokens_per_sec >= TARGET_TOKENS_PER_SEC
+            && r.latencies_us.value_at_quantile(0.99) < TARGET_P99_US
+    });
+    println!();
+    match target_met {
+        Some(met) => println!(
+            "target (gRPC ≥ {TARGET_TOKENS_PER_SEC:.0} tokens/s, p99 < {} ms, no errors): {}",
+            TARGET_P99_US / 1000,
+            if met { "met" } else { "NOT met" }
+        ),
+        None => println!("target: not checked (the grpc scenario did not run)"),
+    }
+    println!(
+        "note: the load generator shares the {cpus} CPUs with the issuer; a separate client machine \
+         would leave the issuer the CPU shown under \"load\""
+    );
+
+    let report = json!({
+        "benchmark": "issuance",
+        "machine": { "cpus": cpus, "note": "the load generator runs in the issuer's process and shares its CPUs" },
+        "issuer": { "backend": "sqlite", "outbox": "durable, group commit, fsync per commit", "strict_audit": true },
+        "settings": {
+            "measure_seconds": settings.measure.as_secs_f64(),
+            "warmup_seconds": settings.warmup.as_secs_f64(),
+            "concurrency": settings.concurrency,
+            "grpc_channels": settings.channels,
+            "server_threads": settings.server_threads,
+            "client_threads": settings.client_threads,
+        },
+        "target": {
+            "tokens_per_sec": TARGET_TOKENS_PER_SEC,
+            "p99_us": TARGET_P99_US,
+            "met": target_met,
+        },
+        "scenarios": reports.iter().map(Report::json).collect::<Vec<_>>(),
+        "stages": stage_results.iter().map(Stage::json).collect::<Vec<_>>(),
+    });
+    if let Some(dir) = settings.output.parent() {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(
+        &settings.output,
+        serde_json::to_string_pretty(&report).unwrap() + "\n",
+    )
+    .unwrap();
+    println!("report written to {}", settings.output.display());
+
+    server.block_on(handle.stop());
+    let errors: u64 = reports.iter().map(|r| r.errors).sum();
+    if errors > 0 {
+        eprintln!("{errors} requests failed");
+        std::process::exit(1);
+    }
+}

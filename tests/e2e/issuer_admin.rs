@@ -1,0 +1,262 @@
+//! The admin API: who may call it (admin tokens from the stronger flow, with the call's scope)
+//! and the two-person rule for role grants.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
+use tonic::Code;
+use trias_proto::v1::{
+    ApproveRoleGrantRequest, Decision, EventKind, ListUsersRequest, RequestRoleGrantRequest,
+    RevokeRequest, RoleGrantState,
+};
+use trias_tests::{
+    Backend, IssuerHandle, IssuerOptions, assert_no_bearer_values, client_credentials, oauth_error,
+    refused, start_issuer, with_bearer,
+};
+
+/// The roles ListUsers reports for a user.
+async fn roles_of(issuer: &IssuerHandle, token: &str, user_id: &str) -> Vec<String> {
+    let mut grpc = issuer.grpc().await;
+    let users = grpc
+        .list_users(with_bearer(ListUsersRequest {}, token))
+        .await
+        .unwrap()
+        .into_inner()
+        .users;
+    users
+        .into_iter()
+        .find(|u| u.user_id == user_id)
+        .unwrap()
+        .roles
+}
+
+fn grant_request(
+    subject: &str,
+    role: &str,
+    token: &str,
+) -> tonic::Request<RequestRoleGrantRequest> {
+    let request = RequestRoleGrantRequest {
+        subject: subject.into(),
+        role: role.into(),
+        justification: "ticket 42".into(),
+    };
+    with_bearer(request, token)
+}
+
+fn approval(id: &str, token: &str) -> tonic::Request<ApproveRoleGrantRequest> {
+    with_bearer(ApproveRoleGrantRequest { id: id.into() }, token)
+}
+
+both_backends!(the_admin_api_demands_an_admin_token);
+async fn the_admin_api_demands_an_admin_token(backend: Backend) {
+    let Some(issuer) = start_issuer(IssuerOptions::on(backend)).await else {
+        return;
+    };
+    let admin = issuer.admin("root").await;
+    let (service, secret) = issuer.service_client(&["clerk"], &["payments:read"]).await;
+    let mut grpc = issuer.grpc().await;
+    let service_token = grpc
+        .token(client_credentials(&service, &secret, ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    let keys_only = issuer.admin_token(&admin, "admin:keys").await;
+    let users = issuer.admin_token(&admin, "admin:users").await;
+
+    let anonymous = grpc.list_users(ListUsersRequest {}).await;
+    refused(anonymous, Code::Unauthenticated, "invalid_token");
+    let garbage = grpc
+        .list_users(with_bearer(ListUsersRequest {}, "garbage"))
+        .await;
+    refused(garbage, Code::Unauthenticated, "invalid_token");
+    // A valid token, but for the payments audience, not the admin API.
+    let wrong_audience = grpc
+        .list_users(with_bearer(ListUsersRequest {}, &service_token))
+        .await;
+    refused(wrong_audience, Code::Unauthenticated, "invalid_token");
+    let wrong_scope = grpc
+        .list_users(with_bearer(ListUsersRequest {}, &keys_only))
+        .await;
+    refused(wrong_scope, Code::PermissionDenied, "insufficient_scope");
+    grpc.list_users(with_bearer(ListUsersRequest {}, &users))
+        .await
+        .unwrap();
+
+    // A revoked admin token stops working at once; an expired one too.
+    grpc.revoke(RevokeRequest {
+        token: keys_only.clone(),
+        client_id: admin.frontend.client_id.clone(),
+        client_secret: admin.frontend.secret.clone().unwrap(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let revoked = grpc
+        .list_keys(with_bearer(Default::default(), &keys_only))
+        .await;
+    refused(revoked, Code::Unauthenticated, "invalid_token");
+    issuer.advance(300);
+    let expired = grpc
+        .list_users(with_bearer(ListUsersRequest {}, &users))
+        .await;
+    refused(expired, Code::Unauthenticated, "invalid_token");
+
+    let denied = issuer.events_of(EventKind::AdminDenied).await;
+    let summary: Vec<_> = denied
+        .iter()
+        .map(|e| {
+            (
+                e.reason.as_str(),
+                e.action.as_str(),
+                e.attributes["required_scope"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("invalid_token", "list_users", "admin:users"),
+            ("invalid_token", "list_users", "admin:users"),
+            ("invalid_token", "list_users", "admin:users"),
+            ("insufficient_scope", "list_users", "admin:users"),
+            ("invalid_token", "list_keys", "admin:keys"),
+            ("invalid_token", "list_users", "admin:users"),
+        ]
+    );
+    assert!(denied.iter().all(|e| e.decision() == Decision::Deny));
+    assert_no_bearer_values(
+        &issuer.events().await,
+        &[&service_token, &keys_only, &users, &secret, &admin.password],
+    );
+    issuer.stop().await;
+}
+
+both_backends!(role_grants_need_a_second_administrator);
+async fn role_grants_need_a_second_administrator(backend: Backend) {
+    let Some(issuer) = start_issuer(IssuerOptions::on(backend)).await else {
+        return;
+    };
+    let (alice, bob) = (issuer.admin("alice").await, issuer.admin("bob").await);
+    let (carol, _) = issuer.user("carol", "carol's password", &[], false).await;
+    let scopes = "admin:roles admin:users";
+    let (alice_token, bob_token) = (
+        issuer.admin_token(&alice, scopes).await,
+        issuer.admin_token(&bob, scopes).await,
+    );
+    let mut grpc = issuer.grpc().await;
+
+    let grant = grpc
+        .request_role_grant(grant_request(&carol, "clerk", &alice_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(grant.state(), RoleGrantState::Pending);
+    assert_eq!(grant.requested_by, alice.user_id);
+    assert!(roles_of(&issuer, &alice_token, &carol).await.is_empty());
+
+    let own = grpc
+        .approve_role_grant(approval(&grant.id, &alice_token))
+        .await;
+    refused(own, Code::PermissionDenied, "access_denied");
+    let for_herself = grpc
+        .request_role_grant(grant_request(&alice.user_id, "clerk", &bob_token))
+        .await;
+    assert!(for_herself.is_ok(), "another administrator may ask for her");
+    let self_request = grpc
+        .request_role_grant(grant_request(&alice.user_id, "clerk", &alice_token))
+        .await;
+    refused(self_request, Code::PermissionDenied, "access_denied");
+
+    let approved = grpc
+        .approve_role_grant(approval(&grant.id, &bob_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(approved.state(), RoleGrantState::Approved);
+    assert_eq!(approved.approved_by, bob.user_id);
+    assert_eq!(roles_of(&issuer, &bob_token, &carol).await, ["clerk"]);
+    let again = grpc
+        .approve_role_grant(approval(&grant.id, &bob_token))
+        .await;
+    refused(again, Code::PermissionDenied, "access_denied");
+
+    let events: Vec<_> = issuer
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e.attributes.get("grant_id") == Some(&grant.id))
+        .collect();
+    let kinds: Vec<_> = events
+        .iter()
+        .map(|e| (e.kind(), e.reason.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (EventKind::RoleGrantRequested, ""),
+            (EventKind::RoleGrantRefused, "access_denied"),
+            (EventKind::RoleGrantApproved, ""),
+            (EventKind::RoleGrantRefused, "access_denied"),
+        ]
+    );
+    assert_eq!(events[0].subject, carol);
+    assert_eq!(events[0].attributes["requested_by"], alice.user_id);
+    assert_eq!(events[1].attributes["approver"], alice.user_id);
+    assert_eq!(events[2].subject, carol);
+    assert_eq!(events[2].attributes["approved_by"], bob.user_id);
+    let self_refusal = issuer
+        .events_of(EventKind::RoleGrantRefused)
+        .await
+        .into_iter()
+        .find(|e| e.subject == alice.user_id)
+        .unwrap();
+    assert_eq!(self_refusal.attributes["requested_by"], alice.user_id);
+    assert_eq!(self_refusal.reason, "access_denied");
+    issuer.stop().await;
+}
+
+both_backends!(concurrent_approvals_have_one_winner);
+async fn concurrent_approvals_have_one_winner(backend: Backend) {
+    let Some(issuer) = start_issuer(IssuerOptions::on(backend)).await else {
+        return;
+    };
+    let requester = issuer.admin("alice").await;
+    let approvers = [issuer.admin("bob").await, issuer.admin("dave").await];
+    let (carol, _) = issuer.user("carol", "carol's password", &[], false).await;
+    let token = issuer
+        .admin_token(&requester, "admin:roles admin:users")
+        .await;
+    let mut grpc = issuer.grpc().await;
+    let grant = grpc
+        .request_role_grant(grant_request(&carol, "approver", &token))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let mut tasks = Vec::new();
+    for approver in approvers.iter().chain(approvers.iter()) {
+        let approver_token = issuer.admin_token(approver, "admin:roles").await;
+        let mut grpc = issuer.grpc().await;
+        let request = approval(&grant.id, &approver_token);
+        tasks.push(tokio::spawn(async move {
+            grpc.approve_role_grant(request).await
+        }));
+    }
+    let mut winners = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => winners += 1,
+            Err(status) => assert_eq!(oauth_error(&status).as_deref(), Some("access_denied")),
+        }
+    }
+    assert_eq!(winners, 1);
+    assert_eq!(roles_of(&issuer, &token, &carol).await, ["approver"]);
+    let approvals = issuer
+        .events_of(EventKind::RoleGrantApproved)
+        .await
+        .into_iter()
+        .filter(|e| e.subject == carol)
+        .count();
+    assert_eq!(approvals, 1);
+    issuer.stop().await;
+}
