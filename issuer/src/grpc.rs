@@ -115,6 +115,7 @@ fn grant_record_to_pb(grant: &RoleGrantRecord) -> pb::RoleGrant {
         "pending" => pb::RoleGrantState::Pending,
         "approved" => pb::RoleGrantState::Approved,
         "expired" => pb::RoleGrantState::Expired,
+        "refused" => pb::RoleGrantState::Refused,
         _ => pb::RoleGrantState::Unspecified,
     };
     pb::RoleGrant {
@@ -414,6 +415,7 @@ impl issuer_server::Issuer for IssuerService {
             Ok(pb::RoleGrantState::Pending) => Some("pending"),
             Ok(pb::RoleGrantState::Approved) => Some("approved"),
             Ok(pb::RoleGrantState::Expired) => Some("expired"),
+            Ok(pb::RoleGrantState::Refused) => Some("refused"),
             _ => None,
         };
         let grants = self

@@ -1235,6 +1235,13 @@ impl Issuer {
         {
             return Err(Error::InvalidToken("access token is revoked".into()));
         }
+        // The policy already lets admin scopes come only from the stronger flow; checking the
+        // token's acr here too means a policy mistake alone does not open the admin API.
+        if claims.acr.as_deref() != Some(Acr::Mfa.as_str()) {
+            return Err(Error::InsufficientScope(
+                "the admin api needs a token from a login with a second factor (acr mfa)".into(),
+            ));
+        }
         if !claims.scope.split(' ').any(|s| s == scope) {
             return Err(Error::InsufficientScope(format!(
                 "the call needs scope {scope}"
@@ -1540,11 +1547,25 @@ impl Issuer {
         if !self.inner.store.subject_exists(subject).await? {
             return Err(Error::NotFound(format!("subject {subject} not found")));
         }
-        self.inner
+        let assigned = self
+            .inner
             .store
             .assign_role(subject, role, "local", &self.inner.policy, self.now())
-            .await?
-            .map_err(role_refusal)?;
+            .await?;
+        if let Err(refusal) = assigned {
+            let error = role_refusal(refusal);
+            self.record_refusal(
+                EventDraft::new(EventKind::RoleGrantRefused)
+                    .subject(subject)
+                    .decision(Decision::Deny)
+                    .reason(error.oauth_code())
+                    .attribute("role", role)
+                    .attribute("requested_by", Actor::Local.name())
+                    .attribute("detail", error.to_string()),
+            )
+            .await;
+            return Err(error);
+        }
         self.record(
             EventDraft::new(EventKind::RoleGrantApproved)
                 .subject(subject)

@@ -329,7 +329,7 @@ mod tests {
         assert!(policy.scopes_of_roles([]).is_empty());
         assert!(policy.is_known_scope("admin:keys"));
         assert!(!policy.is_known_scope("admin:*"));
-        assert_eq!(policy.scopes().count(), 8);
+        assert_eq!(policy.scopes().count(), 9);
         assert_eq!(policy.conflicts().len(), 2);
         assert_eq!(policy.conflicts()[0].name(), "payments maker-checker");
         assert_eq!(

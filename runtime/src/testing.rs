@@ -18,13 +18,24 @@ fn announce_skip() {
     });
 }
 
-/// Creates a fresh, uniquely named database on the server `TRIAS_TEST_POSTGRES_URL` names and
-/// returns its URL; `None`, with a printed message, when the variable is not set. Panics if
-/// the variable is set but the server cannot be used: a configured suite must not pass by
-/// skipping.
+/// A database created on the PostgreSQL test server for one test.
+#[derive(Debug, Clone)]
+pub struct PostgresDb {
+    /// The database's URL.
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+/// Creates a fresh, uniquely named database on the server `TRIAS_TEST_POSTGRES_URL` names;
+/// `None`, with a message, when the variable is not set (or empty). Panics if the variable is
+/// set but the server cannot be used: a configured suite must not pass by skipping.
 #[allow(clippy::expect_used, reason = "test setup fails loudly")]
-pub async fn fresh_postgres() -> Option<String> {
-    let Ok(admin_url) = std::env::var(POSTGRES_ENV) else {
+pub async fn fresh_postgres() -> Option<PostgresDb> {
+    let Some(admin_url) = std::env::var(POSTGRES_ENV)
+        .ok()
+        .filter(|url| !url.is_empty())
+    else {
         announce_skip();
         return None;
     };
@@ -44,5 +55,27 @@ pub async fn fresh_postgres() -> Option<String> {
     let base = admin_url
         .rsplit_once('/')
         .map_or(admin_url.as_str(), |(base, _)| base);
-    Some(format!("{base}/{name}"))
+    Some(PostgresDb {
+        url: format!("{base}/{name}"),
+        admin_url,
+        name,
+    })
+}
+
+impl PostgresDb {
+    /// Drops the database (closing any connection still open to it).
+    #[allow(clippy::expect_used, reason = "test teardown fails loudly")]
+    pub async fn drop_database(&self) {
+        let pool = sqlx::AnyPool::connect(&self.admin_url)
+            .await
+            .expect("connect to the PostgreSQL test server");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&pool)
+        .await
+        .expect("drop a test database");
+        pool.close().await;
+    }
 }

@@ -30,9 +30,7 @@ use trias_proto::v1::{
 };
 use trias_runtime::clock::{Clock, ManualClock, unix_seconds};
 
-/// The environment variable naming a PostgreSQL server for the PostgreSQL suites, e.g.
-/// `postgres://postgres@127.0.0.1:5432/postgres`. Each test creates its own database there.
-pub const POSTGRES_ENV: &str = "TRIAS_TEST_POSTGRES_URL";
+pub use trias_runtime::testing::{POSTGRES_ENV, PostgresDb, fresh_postgres};
 
 /// The redirect URIs every test client registers; logins use the first.
 pub const REDIRECT_URIS: [&str; 2] = [
@@ -48,58 +46,6 @@ pub const ADMIN_SCOPES: &str = "admin:clients admin:users admin:roles admin:keys
 pub enum Backend {
     Sqlite,
     Postgres,
-}
-
-/// A database created on the PostgreSQL test server for one test; dropped by
-/// [`IssuerHandle::stop`].
-#[derive(Debug, Clone)]
-pub struct PostgresDb {
-    pub url: String,
-    admin_url: String,
-    name: String,
-}
-
-/// Creates a fresh PostgreSQL database, or returns `None` (with a printed message) when no
-/// server is configured.
-pub async fn fresh_postgres() -> Option<PostgresDb> {
-    let Ok(admin_url) = std::env::var(POSTGRES_ENV) else {
-        eprintln!("skipping the PostgreSQL run: {POSTGRES_ENV} is not set");
-        return None;
-    };
-    sqlx::any::install_default_drivers();
-    let mut bytes = [0u8; 8];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).unwrap();
-    let name = format!("trias_test_{}", data_encoding::HEXLOWER.encode(&bytes));
-    let pool = sqlx::AnyPool::connect(&admin_url)
-        .await
-        .expect("connect to the PostgreSQL test server");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
-    let base = admin_url
-        .rsplit_once('/')
-        .map_or(admin_url.as_str(), |(base, _)| base);
-    Some(PostgresDb {
-        url: format!("{base}/{name}"),
-        admin_url: admin_url.clone(),
-        name,
-    })
-}
-
-impl PostgresDb {
-    async fn drop_database(&self) {
-        let pool = sqlx::AnyPool::connect(&self.admin_url).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        )))
-        .execute(&pool)
-        .await
-        .unwrap();
-        pool.close().await;
-    }
 }
 
 /// What to start an issuer with.

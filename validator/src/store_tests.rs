@@ -14,7 +14,7 @@ async fn open(backend: &str) -> Option<(Store, tempfile::TempDir)> {
             "sqlite://{}?mode=rwc",
             dir.path().join("validator.db").display()
         ),
-        _ => trias_runtime::testing::fresh_postgres().await?,
+        _ => trias_runtime::testing::fresh_postgres().await?.url,
     };
     Some((Store::open(&url).await.unwrap(), dir))
 }
