@@ -19,6 +19,7 @@ macro_rules! both_backends {
     )+};
 }
 
+mod auditor;
 mod issuer;
 mod issuer_admin;
 mod issuer_audit;

@@ -8,6 +8,7 @@
     reason = "a test harness fails loudly"
 )]
 
+pub mod auditor;
 pub mod validator;
 
 use std::net::SocketAddr;

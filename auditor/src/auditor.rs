@@ -1,0 +1,279 @@
+//! The auditor's logic, independent of transport: which appends are accepted, proofs read
+//! from stored nodes, queries and exports. `grpc.rs` is a thin mapping onto it.
+//!
+//! There is deliberately no operation that edits or deletes an entry.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use prost::Message as _;
+use trias_proto::v1::{AuditEvent, Checkpoint, LogEntry};
+
+use crate::checkpoint::Verifier;
+use crate::error::Error;
+use crate::merkle::{self, Hash, NodeId};
+use crate::sequencer::{Appended, Sequencer};
+use crate::store::{Filter, Order, Store, StoredCheckpoint, timestamp_of};
+
+/// The largest event accepted, protobuf-encoded.
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+/// The most events one append may carry.
+pub const MAX_BATCH_EVENTS: usize = 1000;
+/// The longest event id, in characters.
+pub const MAX_ID_CHARS: usize = 128;
+/// Query page size when the request names none.
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+/// The largest query page.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+/// A page is cut short once its leaves pass this many bytes, so that a page (which carries
+/// each event twice, decoded and as leaf bytes) stays below gRPC's default 4 MiB message cap.
+pub const MAX_PAGE_BYTES: usize = 1536 * 1024;
+
+/// The auditor; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Auditor {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    sequencer: Sequencer,
+    verifier: Verifier,
+    producers: BTreeSet<String>,
+}
+
+/// One page of a query: the entries and, if there are more, the cursor to continue from.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub entries: Vec<LogEntry>,
+    pub next: Option<u64>,
+}
+
+impl Auditor {
+    /// An auditor over an opened store and its started sequencer, accepting appends from
+    /// `producers` only.
+    pub fn new(
+        store: Store,
+        sequencer: Sequencer,
+        verifier: Verifier,
+        producers: impl IntoIterator<Item = String>,
+    ) -> Auditor {
+        Auditor {
+            inner: Arc::new(Inner {
+                store,
+                sequencer,
+                verifier,
+                producers: producers.into_iter().collect(),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn sequencer(&self) -> &Sequencer {
+        &self.inner.sequencer
+    }
+
+    /// The public key checkpoints verify with.
+    pub fn verifier(&self) -> &Verifier {
+        &self.inner.verifier
+    }
+
+    /// Validates a batch from `producer` and logs it; a refused batch adds nothing.
+    pub async fn append(&self, producer: &str, events: Vec<AuditEvent>) -> Result<Appended, Error> {
+        let invalid = |message: String| Err(Error::InvalidArgument(message));
+        if producer.is_empty() {
+            return invalid("producer is required".into());
+        }
+        if !self.inner.producers.contains(producer) {
+            return Err(Error::PermissionDenied(format!(
+                "producer {producer:?} may not append to the audit log"
+            )));
+        }
+        if events.is_empty() {
+            return invalid("an append needs at least one event".into());
+        }
+        if events.len() > MAX_BATCH_EVENTS {
+            return invalid(format!(
+                "a batch holds at most {MAX_BATCH_EVENTS} events, not {}",
+                events.len()
+            ));
+        }
+        let mut pending = Vec::with_capacity(events.len());
+        for (i, event) in events.into_iter().enumerate() {
+            if event.id.is_empty() {
+                return invalid(format!("event {i} has no id"));
+            }
+            if event.id.chars().count() > MAX_ID_CHARS {
+                return invalid(format!(
+                    "event {i} has an id longer than {MAX_ID_CHARS} characters"
+                ));
+            }
+            if event.producer != producer {
+                return invalid(format!(
+                    "event {i} ({}) is from producer {:?}, not {producer:?}",
+                    event.id, event.producer
+                ));
+            }
+            if event.time.is_none() {
+                return invalid(format!("event {i} ({}) has no time", event.id));
+            }
+            let leaf = leaf(&event);
+            if leaf.len() > MAX_EVENT_BYTES {
+                return invalid(format!(
+                    "event {i} ({}) is {} bytes encoded; at most {MAX_EVENT_BYTES} are accepted",
+                    event.id,
+                    leaf.len()
+                ));
+            }
+            pending.push((event, leaf));
+        }
+        self.inner.sequencer.append(pending).await
+    }
+
+    /// The latest signed checkpoint.
+    pub fn checkpoint(&self) -> Arc<StoredCheckpoint> {
+        self.inner.sequencer.latest()
+    }
+
+    /// `tree_size`, or the current size for 0, refused if beyond the current size.
+    fn size_or_current(&self, tree_size: u64, name: &str) -> Result<u64, Error> {
+        let current = self.checkpoint().tree_size;
+        match tree_size {
+            0 => Ok(current),
+            size if size > current => Err(Error::InvalidArgument(format!(
+                "{name} {size} is beyond the log's size {current}"
+            ))),
+            size => Ok(size),
+        }
+    }
+
+    async fn read_nodes(
+        &self,
+        ids: &[NodeId],
+    ) -> Result<impl Fn(NodeId) -> Result<Hash, Error>, Error> {
+        let nodes = self.inner.store.nodes(ids).await?;
+        Ok(move |id: NodeId| {
+            nodes.get(&id).copied().ok_or_else(|| {
+                Error::Internal(format!("node ({}, {}) is missing", id.level, id.index))
+            })
+        })
+    }
+
+    /// The inclusion proof of entry `index` in the tree of `tree_size` (0: the current
+    /// size): (tree size, leaf hash, proof).
+    pub async fn inclusion_proof(
+        &self,
+        index: u64,
+        tree_size: u64,
+    ) -> Result<(u64, Hash, Vec<Hash>), Error> {
+        let size = self.size_or_current(tree_size, "tree_size")?;
+        let leaf = NodeId::new(0, index);
+        let mut ids = merkle::inclusion_nodes(index, size)?;
+        ids.push(leaf);
+        let read = self.read_nodes(&ids).await?;
+        let proof = merkle::inclusion_proof(index, size, &read)?;
+        Ok((size, read(leaf)?, proof))
+    }
+
+    /// The consistency proof from the tree of `from_size` to that of `to_size` (0: the
+    /// current size): (to size, proof).
+    pub async fn consistency_proof(
+        &self,
+        from_size: u64,
+        to_size: u64,
+    ) -> Result<(u64, Vec<Hash>), Error> {
+        let to = self.size_or_current(to_size, "to_size")?;
+        let ids = merkle::consistency_nodes(from_size, to)?;
+        let read = self.read_nodes(&ids).await?;
+        Ok((to, merkle::consistency_proof(from_size, to, &read)?))
+    }
+
+    /// One page of entries matching `filter`, after the cursor `after`.
+    pub async fn query_page(
+        &self,
+        filter: &Filter,
+        order: Order,
+        after: Option<u64>,
+        page_size: u32,
+    ) -> Result<Page, Error> {
+        let page_size = page_size.clamp(1, MAX_PAGE_SIZE);
+        // One more than asked tells whether there is a next page.
+        let mut rows = self
+            .inner
+            .store
+            .query(filter, order, after, page_size + 1)
+            .await?;
+        let mut more = rows.len() > page_size as usize;
+        rows.truncate(page_size as usize);
+        let mut bytes = 0;
+        let mut entries = Vec::with_capacity(rows.len());
+        for (index, leaf) in rows.iter() {
+            if !entries.is_empty() && bytes + leaf.len() > MAX_PAGE_BYTES {
+                more = true;
+                break;
+            }
+            bytes += leaf.len();
+            entries.push(log_entry(*index, leaf.clone()));
+        }
+        let next = more
+            .then(|| entries.last().map(|e: &LogEntry| e.index))
+            .flatten();
+        Ok(Page { entries, next })
+    }
+
+    /// The entries in `[from, to)` (to = 0: the current end); refuses a range beyond the log.
+    pub async fn export_range(&self, from: u64, to: u64) -> Result<Vec<LogEntry>, Error> {
+        let rows = self.inner.store.range(from, to).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(index, leaf)| log_entry(index, leaf))
+            .collect())
+    }
+
+    /// Checks an export range: `[from, to)` within the log; `to = 0` means the current end.
+    pub fn export_bounds(&self, from: u64, to: u64) -> Result<(u64, u64), Error> {
+        let to = self.size_or_current(to, "to_index")?;
+        if from > to {
+            return Err(Error::InvalidArgument(format!(
+                "from_index {from} is beyond to_index {to}"
+            )));
+        }
+        Ok((from, to))
+    }
+
+    /// Stops the sequencer (committing what is queued) and closes the database.
+    pub async fn close(&self) {
+        self.inner.sequencer.close().await;
+        self.inner.store.close().await;
+    }
+}
+
+/// The leaf of an event: its protobuf encoding (prost writes fields in tag order, so the
+/// same event always encodes to the same bytes), whose hash is what the tree holds.
+pub fn leaf(event: &AuditEvent) -> Vec<u8> {
+    event.encode_to_vec()
+}
+
+/// A log entry: the leaf bytes as stored, and the event decoded from them (absent if the
+/// stored bytes do not decode, which only a tampered row can cause).
+pub fn log_entry(index: u64, leaf: Vec<u8>) -> LogEntry {
+    LogEntry {
+        index,
+        event: AuditEvent::decode(leaf.as_slice()).ok(),
+        leaf,
+    }
+}
+
+/// The protobuf form of a stored checkpoint.
+pub fn checkpoint_message(checkpoint: &StoredCheckpoint) -> Checkpoint {
+    Checkpoint {
+        note: checkpoint.note.clone(),
+        tree_size: checkpoint.tree_size,
+        root_hash: checkpoint.root.to_vec(),
+        time: Some(timestamp_of(checkpoint.time)),
+    }
+}

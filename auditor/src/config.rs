@@ -1,0 +1,174 @@
+//! The auditor's configuration: a TOML file plus `TRIAS_AUDITOR_` environment variables,
+//! strict (unknown keys are errors) and validated at start-up.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use trias_runtime::config::ConfigError;
+use trias_runtime::secret::Secret;
+
+use crate::checkpoint::valid_key_name;
+
+/// The prefix of the auditor's environment variables.
+pub const ENV_PREFIX: &str = "TRIAS_AUDITOR_";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditorConfig {
+    /// Address of the gRPC API.
+    #[serde(default = "default_grpc_addr")]
+    pub grpc_addr: SocketAddr,
+    /// Where the checkpoint key (and the SQLite log, by default) live.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The log's database: `sqlite://…` or `postgres://…`; defaults to
+    /// `sqlite://<data_dir>/auditor.db`.
+    #[serde(default)]
+    pub database_url: Option<Secret<String>>,
+    /// The checkpoint origin line, which also names the checkpoint key.
+    #[serde(default = "default_origin")]
+    pub origin: String,
+    /// The producers allowed to append.
+    #[serde(default = "default_producers")]
+    pub producers: Vec<String>,
+    /// Log as JSON lines.
+    #[serde(default)]
+    pub log_json: bool,
+}
+
+fn default_grpc_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7421))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(".trias/auditor")
+}
+fn default_origin() -> String {
+    "trias.local/audit".into()
+}
+fn default_producers() -> Vec<String> {
+    vec!["issuer".into(), "validator".into()]
+}
+
+impl AuditorConfig {
+    /// Loads the configuration from an optional file and the environment map.
+    pub fn load(
+        file: Option<&Path>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<AuditorConfig, ConfigError> {
+        let config: AuditorConfig = trias_runtime::config::load(file, env, ENV_PREFIX)?;
+        config.validate().map_err(|(key, reason)| ConfigError {
+            source: file.map_or_else(|| "environment".to_owned(), |f| f.display().to_string()),
+            key: Some(key),
+            reason,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |key: &str, reason: &str| Err((key.to_owned(), reason.to_owned()));
+        if !valid_key_name(&self.origin) {
+            return bad("origin", "must be non-empty, without spaces or `+`");
+        }
+        if self.producers.is_empty() {
+            return bad("producers", "must name at least one producer");
+        }
+        for (i, producer) in self.producers.iter().enumerate() {
+            if producer.trim().is_empty() {
+                return Err((format!("producers.{i}"), "must not be empty".into()));
+            }
+            if self.producers[..i].contains(producer) {
+                return Err((format!("producers.{i}"), "is listed twice".into()));
+            }
+        }
+        if let Some(url) = &self.database_url {
+            let url = url.expose();
+            if !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+            {
+                return bad("database_url", "must start with sqlite: or postgres://");
+            }
+        }
+        Ok(())
+    }
+
+    /// The log's database URL, defaulting to a SQLite file in the data directory.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.expose().clone(),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("auditor.db").display()
+            ),
+        }
+    }
+
+    /// The checkpoint-signing key file.
+    pub fn key_path(&self) -> PathBuf {
+        self.data_dir.join("checkpoint-key.pk8")
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly")]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> BTreeMap<String, String> {
+        vars.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_fill_what_is_not_set() {
+        let config = AuditorConfig::load(None, &env(&[])).unwrap();
+        assert_eq!(config.grpc_addr, SocketAddr::from(([127, 0, 0, 1], 7421)));
+        assert_eq!(config.origin, "trias.local/audit");
+        assert_eq!(config.producers, ["issuer", "validator"]);
+        assert!(config.database_url().starts_with("sqlite://"));
+        assert!(config.key_path().ends_with("checkpoint-key.pk8"));
+        assert!(!config.log_json);
+    }
+
+    #[test]
+    fn environment_sets_producers_and_origin() {
+        let config = AuditorConfig::load(
+            None,
+            &env(&[
+                ("TRIAS_AUDITOR_PRODUCERS", "[\"issuer\"]"),
+                ("TRIAS_AUDITOR_ORIGIN", "audit.example.com/log"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.producers, ["issuer"]);
+        assert_eq!(config.origin, "audit.example.com/log");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        for (key, value, named) in [
+            ("TRIAS_AUDITOR_ORIGIN", "\"has space\"", "origin"),
+            ("TRIAS_AUDITOR_ORIGIN", "a+b", "origin"),
+            ("TRIAS_AUDITOR_PRODUCERS", "[]", "producers"),
+            ("TRIAS_AUDITOR_PRODUCERS", "[\"a\", \"a\"]", "producers.1"),
+            ("TRIAS_AUDITOR_DATABASE_URL", "mysql://x", "database_url"),
+            ("TRIAS_AUDITOR_SIGNING_KEY", "x", "signing_key"),
+        ] {
+            let error = AuditorConfig::load(None, &env(&[(key, value)])).unwrap_err();
+            assert_eq!(error.key.as_deref(), Some(named), "{key}={value}: {error}");
+        }
+    }
+
+    #[test]
+    fn database_url_is_never_printed() {
+        let config = AuditorConfig::load(
+            None,
+            &env(&[("TRIAS_AUDITOR_DATABASE_URL", "postgres://u:hunter2@db/x")]),
+        )
+        .unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+}

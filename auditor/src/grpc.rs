@@ -1,0 +1,267 @@
+//! The auditor's gRPC API (`trias.v1.Auditor`): a thin mapping onto [`Auditor`].
+//!
+//! Until services authenticate with mTLS (issue 5), an append's producer is the request's
+//! `producer` field, checked against the configured list; queries are not yet behind an
+//! `audit:read` token. `WatchAlerts` answers UNIMPLEMENTED until the detectors exist.
+
+use std::pin::Pin;
+
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use trias_proto::v1 as pb;
+use trias_proto::v1::auditor_server::{self, Auditor as AuditorApi};
+
+use crate::auditor::{
+    Auditor, DEFAULT_PAGE_SIZE, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, MAX_PAGE_SIZE,
+    checkpoint_message,
+};
+use crate::error::Error;
+use crate::store::{Filter, Order, unix_nanos};
+
+/// Entries read from the database per export step.
+const EXPORT_CHUNK: u64 = 1000;
+
+type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The gRPC service; wrap with [`AuditorService::into_server`].
+#[derive(Debug, Clone)]
+pub struct AuditorService {
+    auditor: Auditor,
+}
+
+impl AuditorService {
+    pub fn new(auditor: Auditor) -> Self {
+        AuditorService { auditor }
+    }
+
+    pub fn into_server(self) -> auditor_server::AuditorServer<Self> {
+        // A full batch of maximal events must reach the validation that refuses it by name.
+        let max = MAX_BATCH_EVENTS * (MAX_EVENT_BYTES + 1024);
+        auditor_server::AuditorServer::new(self).max_decoding_message_size(max)
+    }
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// The filter of a query request; refuses an empty or inverted time range.
+fn filter(request: &pb::QueryRequest) -> Result<Filter, Error> {
+    let time_from = request
+        .time
+        .as_ref()
+        .and_then(|t| t.from.as_ref())
+        .map(unix_nanos);
+    let time_to = request
+        .time
+        .as_ref()
+        .and_then(|t| t.to.as_ref())
+        .map(unix_nanos);
+    if let (Some(from), Some(to)) = (time_from, time_to)
+        && from >= to
+    {
+        return Err(Error::InvalidArgument(
+            "time.from must be before time.to".into(),
+        ));
+    }
+    Ok(Filter {
+        subject: non_empty(request.subject.clone()),
+        client_id: non_empty(request.client_id.clone()),
+        token_id: non_empty(request.token_id.clone()),
+        family_id: non_empty(request.family_id.clone()),
+        audience: non_empty(request.audience.clone()),
+        action: non_empty(request.action.clone()),
+        resource: non_empty(request.resource.clone()),
+        decision: (request.decision != 0).then_some(request.decision),
+        reason: non_empty(request.reason.clone()),
+        kinds: request.kinds.clone(),
+        time_from,
+        time_to,
+    })
+}
+
+/// The cursor of an opaque page token (the last index of the previous page).
+fn cursor(token: &str) -> Result<Option<u64>, Error> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    token
+        .parse()
+        .map(Some)
+        .map_err(|_| Error::InvalidArgument("page_token is not one this auditor issued".into()))
+}
+
+#[tonic::async_trait]
+impl AuditorApi for AuditorService {
+    async fn append(
+        &self,
+        request: Request<pb::AppendRequest>,
+    ) -> Result<Response<pb::AppendResponse>, Status> {
+        let request = request.into_inner();
+        let ids: Vec<String> = request.events.iter().map(|e| e.id.clone()).collect();
+        let appended = self
+            .auditor
+            .append(&request.producer, request.events)
+            .await?;
+        let receipts = ids
+            .into_iter()
+            .zip(appended.indexes)
+            .map(|(event_id, index)| pb::AppendReceipt { event_id, index })
+            .collect();
+        Ok(Response::new(pb::AppendResponse {
+            receipts,
+            checkpoint: Some(checkpoint_message(&appended.checkpoint)),
+        }))
+    }
+
+    type QueryStream = Streamed<pb::QueryResponse>;
+
+    async fn query(
+        &self,
+        request: Request<pb::QueryRequest>,
+    ) -> Result<Response<Self::QueryStream>, Status> {
+        let request = request.into_inner();
+        let filter = filter(&request)?;
+        let order = match request.order() {
+            pb::Order::NewestFirst => Order::NewestFirst,
+            pb::Order::OldestFirst => Order::OldestFirst,
+        };
+        let page_size = match request.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n if n > MAX_PAGE_SIZE => {
+                return Err(Error::InvalidArgument(format!(
+                    "page_size is at most {MAX_PAGE_SIZE}"
+                ))
+                .into());
+            }
+            n => n,
+        };
+        let mut after = cursor(&request.page_token)?;
+        let mut remaining = (request.limit > 0).then_some(request.limit);
+        let auditor = self.auditor.clone();
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(async move {
+            loop {
+                let size = remaining.map_or(page_size, |r| {
+                    u32::try_from(r).unwrap_or(u32::MAX).min(page_size)
+                });
+                let page = match auditor.query_page(&filter, order, after, size).await {
+                    Ok(page) => page,
+                    Err(error) => {
+                        let _ = tx.send(Err(error.into())).await;
+                        return;
+                    }
+                };
+                let sent = page.entries.len() as u64;
+                remaining = remaining.map(|r| r.saturating_sub(sent));
+                let next = if remaining == Some(0) {
+                    None
+                } else {
+                    page.next
+                };
+                let response = pb::QueryResponse {
+                    entries: page.entries,
+                    next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
+                };
+                if tx.send(Ok(response)).await.is_err() {
+                    return;
+                }
+                match next {
+                    Some(n) => after = Some(n),
+                    None => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_checkpoint(
+        &self,
+        _request: Request<pb::GetCheckpointRequest>,
+    ) -> Result<Response<pb::Checkpoint>, Status> {
+        Ok(Response::new(checkpoint_message(
+            &self.auditor.checkpoint(),
+        )))
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        request: Request<pb::GetInclusionProofRequest>,
+    ) -> Result<Response<pb::InclusionProof>, Status> {
+        let request = request.into_inner();
+        let (tree_size, leaf, hashes) = self
+            .auditor
+            .inclusion_proof(request.index, request.tree_size)
+            .await?;
+        Ok(Response::new(pb::InclusionProof {
+            index: request.index,
+            tree_size,
+            leaf_hash: leaf.to_vec(),
+            hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+        }))
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        request: Request<pb::GetConsistencyProofRequest>,
+    ) -> Result<Response<pb::ConsistencyProof>, Status> {
+        let request = request.into_inner();
+        let (to_size, hashes) = self
+            .auditor
+            .consistency_proof(request.from_size, request.to_size)
+            .await?;
+        Ok(Response::new(pb::ConsistencyProof {
+            from_size: request.from_size,
+            to_size,
+            hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+        }))
+    }
+
+    type WatchAlertsStream = Streamed<pb::LogEntry>;
+
+    async fn watch_alerts(
+        &self,
+        _request: Request<pb::WatchAlertsRequest>,
+    ) -> Result<Response<Self::WatchAlertsStream>, Status> {
+        Err(Status::unimplemented(
+            "alerts are not raised yet: the detectors are not built",
+        ))
+    }
+
+    type ExportStream = Streamed<pb::LogEntry>;
+
+    async fn export(
+        &self,
+        request: Request<pb::ExportRequest>,
+    ) -> Result<Response<Self::ExportStream>, Status> {
+        let request = request.into_inner();
+        let (from, to) = self
+            .auditor
+            .export_bounds(request.from_index, request.to_index)?;
+        let auditor = self.auditor.clone();
+        let (tx, rx) = mpsc::channel(EXPORT_CHUNK as usize);
+        tokio::spawn(async move {
+            let mut at = from;
+            while at < to {
+                let end = to.min(at + EXPORT_CHUNK);
+                match auditor.export_range(at, end).await {
+                    Ok(entries) => {
+                        for entry in entries {
+                            if tx.send(Ok(entry)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        let _ = tx.send(Err(error.into())).await;
+                        return;
+                    }
+                }
+                at = end;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

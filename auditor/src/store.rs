@@ -1,0 +1,533 @@
+//! The log's storage: one contract over SQLite (default) and PostgreSQL through sqlx's `Any`
+//! driver, with one set of `$n` statements for both and migrations for each.
+//!
+//! Only the sequencer writes, and only through [`Store::append`]: the entries of a batch, the
+//! tree nodes they complete and the checkpoint that covers them go in one transaction, so
+//! a checkpoint is never stored without everything it signs, nor entries without a
+//! checkpoint. The database refuses UPDATE and DELETE on entries, nodes and checkpoints
+//! (triggers, see the migrations); nothing here edits or deletes.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sqlx::any::{AnyArguments, AnyPoolOptions};
+use sqlx::query::Query;
+use sqlx::{Any, AnyPool, AssertSqlSafe};
+use trias_proto::v1::AuditEvent;
+
+use crate::merkle::{Hash, NodeId};
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database url must start with sqlite: or postgres://")]
+    BadUrl,
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Which database engine a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// One log entry as stored: the leaf and the event fields the queries filter on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub index: u64,
+    pub event_id: String,
+    pub producer: String,
+    pub producer_seq: u64,
+    /// Unix nanoseconds.
+    pub time: i64,
+    pub kind: i32,
+    pub subject: String,
+    pub client_id: String,
+    pub token_id: String,
+    pub family_id: String,
+    pub audience: String,
+    pub action: String,
+    pub resource: String,
+    pub decision: i32,
+    pub reason: String,
+    /// The event's protobuf encoding, whose leaf hash is in the tree.
+    pub leaf: Vec<u8>,
+}
+
+impl Entry {
+    /// The entry for `event` at `index`, with `leaf` its encoding.
+    pub fn new(index: u64, event: &AuditEvent, leaf: Vec<u8>) -> Entry {
+        Entry {
+            index,
+            event_id: event.id.clone(),
+            producer: event.producer.clone(),
+            producer_seq: event.producer_seq,
+            time: event.time.map_or(0, |t| unix_nanos(&t)),
+            kind: event.kind,
+            subject: event.subject.clone(),
+            client_id: event.client_id.clone(),
+            token_id: event.token_id.clone(),
+            family_id: event.family_id.clone(),
+            audience: event.audience.clone(),
+            action: event.action.clone(),
+            resource: event.resource.clone(),
+            decision: event.decision,
+            reason: event.reason.clone(),
+            leaf,
+        }
+    }
+}
+
+/// A protobuf time in unix nanoseconds, saturating (i64 nanoseconds reach the year 2262).
+pub fn unix_nanos(t: &prost_types::Timestamp) -> i64 {
+    t.seconds
+        .saturating_mul(1_000_000_000)
+        .saturating_add(i64::from(t.nanos))
+}
+
+/// A protobuf time from unix nanoseconds.
+pub fn timestamp_of(nanos: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: nanos.div_euclid(1_000_000_000),
+        // Below 10^9, so it fits.
+        nanos: i32::try_from(nanos.rem_euclid(1_000_000_000)).unwrap_or(0),
+    }
+}
+
+/// A signed checkpoint as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCheckpoint {
+    pub tree_size: u64,
+    pub root: Hash,
+    /// The signed note.
+    pub note: String,
+    /// Unix nanoseconds.
+    pub time: i64,
+}
+
+/// Everything one sequencer commit writes.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub entries: Vec<Entry>,
+    pub nodes: Vec<(NodeId, Hash)>,
+    pub checkpoint: StoredCheckpoint,
+    /// Each producer's highest sequence number in the batch.
+    pub producers: Vec<(String, u64)>,
+}
+
+/// What a query selects; `None` and empty fields match anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub subject: Option<String>,
+    pub client_id: Option<String>,
+    pub token_id: Option<String>,
+    pub family_id: Option<String>,
+    pub audience: Option<String>,
+    pub action: Option<String>,
+    pub resource: Option<String>,
+    pub decision: Option<i32>,
+    pub reason: Option<String>,
+    pub kinds: Vec<i32>,
+    /// Unix nanoseconds, inclusive.
+    pub time_from: Option<i64>,
+    /// Unix nanoseconds, exclusive.
+    pub time_to: Option<i64>,
+}
+
+/// Which way a query walks the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    NewestFirst,
+    OldestFirst,
+}
+
+/// Sequence numbers, indexes and sizes stay far below 2^63.
+pub fn to_sql(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn from_sql(n: i64) -> Result<u64> {
+    u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative number {n}")))
+}
+
+fn hash_of(bytes: Vec<u8>) -> Result<Hash> {
+    bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("a stored hash is not 32 bytes".into()))
+}
+
+/// A bind value of a statement built at run time.
+#[derive(Debug, Clone)]
+enum Value {
+    Int(i64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+/// A statement built at run time with `$1, $2, …` placeholders, which both backends accept
+/// through the `Any` driver (its own query builder writes `?`, which PostgreSQL does not).
+#[derive(Debug, Default)]
+struct Sql {
+    text: String,
+    values: Vec<Value>,
+}
+
+impl Sql {
+    fn new(text: &str) -> Sql {
+        Sql {
+            text: text.to_owned(),
+            values: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, text: &str) -> &mut Sql {
+        self.text.push_str(text);
+        self
+    }
+
+    fn bind(&mut self, value: Value) -> &mut Sql {
+        self.values.push(value);
+        self.text.push_str(&format!("${}", self.values.len()));
+        self
+    }
+
+    fn build(self) -> Query<'static, Any, AnyArguments> {
+        let mut query = sqlx::query(AssertSqlSafe(self.text));
+        for value in self.values {
+            query = match value {
+                Value::Int(n) => query.bind(n),
+                Value::Text(s) => query.bind(s),
+                Value::Blob(b) => query.bind(b),
+            };
+        }
+        query
+    }
+}
+
+/// The auditor's database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `url` — `sqlite://path` or
+    /// `postgres://…` — and runs its migrations.
+    pub async fn open(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(StoreError::BadUrl);
+        };
+        let options = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 8 } else { 16 })
+            .acquire_timeout(Duration::from_secs(10));
+        let options = if backend == Backend::Sqlite {
+            options.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // WAL lets readers run beside the writer; FULL makes each commit durable;
+                    // the busy timeout makes writers queue instead of failing.
+                    sqlx::query("PRAGMA journal_mode = WAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA synchronous = FULL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA busy_timeout = 10000")
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                })
+            })
+        } else {
+            options
+        };
+        let pool = options.connect(url).await?;
+        let migrator = match backend {
+            Backend::Sqlite => sqlx::migrate!("migrations/sqlite"),
+            Backend::Postgres => sqlx::migrate!("migrations/postgres"),
+        };
+        migrator
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Database(e.into()))?;
+        Ok(Store { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The pool, for tests that go behind the store's back.
+    #[cfg(test)]
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Writes a batch — entries, nodes, checkpoint, producers' sequence numbers — in one
+    /// transaction. A batch that repeats a stored event id, index or node fails whole.
+    pub async fn append(&self, batch: &Batch) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        // The checkpoint first: every write transaction starts with a write, so SQLite
+        // takes its write lock up front.
+        sqlx::query(
+            "INSERT INTO checkpoints (tree_size, root, note, time) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(to_sql(batch.checkpoint.tree_size))
+        .bind(batch.checkpoint.root.to_vec())
+        .bind(batch.checkpoint.note.clone())
+        .bind(batch.checkpoint.time)
+        .execute(&mut *tx)
+        .await?;
+        // Multi-row statements: a round trip per row would cost more than the row itself.
+        // 200 rows of 16 values stay far below both backends' parameter limits.
+        for chunk in batch.entries.chunks(200) {
+            let mut sql = Sql::new(
+                "INSERT INTO entries (idx, event_id, producer, producer_seq, time, kind, subject, \
+                 client_id, token_id, family_id, audience, action, resource, decision, reason, leaf) VALUES ",
+            );
+            for (i, e) in chunk.iter().enumerate() {
+                sql.push(if i == 0 { "(" } else { ", (" });
+                let values = [
+                    Value::Int(to_sql(e.index)),
+                    Value::Text(e.event_id.clone()),
+                    Value::Text(e.producer.clone()),
+                    Value::Int(to_sql(e.producer_seq)),
+                    Value::Int(e.time),
+                    Value::Int(i64::from(e.kind)),
+                    Value::Text(e.subject.clone()),
+                    Value::Text(e.client_id.clone()),
+                    Value::Text(e.token_id.clone()),
+                    Value::Text(e.family_id.clone()),
+                    Value::Text(e.audience.clone()),
+                    Value::Text(e.action.clone()),
+                    Value::Text(e.resource.clone()),
+                    Value::Int(i64::from(e.decision)),
+                    Value::Text(e.reason.clone()),
+                    Value::Blob(e.leaf.clone()),
+                ];
+                for (j, value) in values.into_iter().enumerate() {
+                    if j > 0 {
+                        sql.push(", ");
+                    }
+                    sql.bind(value);
+                }
+                sql.push(")");
+            }
+            sql.build().execute(&mut *tx).await?;
+        }
+        for chunk in batch.nodes.chunks(500) {
+            let mut sql = Sql::new("INSERT INTO nodes (level, idx, hash) VALUES ");
+            for (i, (id, hash)) in chunk.iter().enumerate() {
+                sql.push(if i == 0 { "(" } else { ", (" });
+                sql.bind(Value::Int(i64::from(id.level)))
+                    .push(", ")
+                    .bind(Value::Int(to_sql(id.index)))
+                    .push(", ")
+                    .bind(Value::Blob(hash.to_vec()))
+                    .push(")");
+            }
+            sql.build().execute(&mut *tx).await?;
+        }
+        for (name, seq) in &batch.producers {
+            sqlx::query(
+                "INSERT INTO producers (name, last_seq) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET last_seq =
+                   CASE WHEN excluded.last_seq > producers.last_seq
+                        THEN excluded.last_seq ELSE producers.last_seq END",
+            )
+            .bind(name.clone())
+            .bind(to_sql(*seq))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The checkpoint with the largest tree size, if any was ever signed.
+    pub async fn last_checkpoint(&self) -> Result<Option<StoredCheckpoint>> {
+        let row: Option<(i64, Vec<u8>, String, i64)> = sqlx::query_as(
+            "SELECT tree_size, root, note, time FROM checkpoints ORDER BY tree_size DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|(size, root, note, time)| {
+            Ok(StoredCheckpoint {
+                tree_size: from_sql(size)?,
+                root: hash_of(root)?,
+                note,
+                time,
+            })
+        })
+        .transpose()
+    }
+
+    /// The number of entries: one past the largest index.
+    pub async fn entry_count(&self) -> Result<u64> {
+        let max: Option<i64> = sqlx::query_scalar("SELECT MAX(idx) FROM entries")
+            .fetch_one(&self.pool)
+            .await?;
+        max.map_or(Ok(0), |m| Ok(from_sql(m)? + 1))
+    }
+
+    /// The stored hashes of `ids`; a missing node is simply absent from the map.
+    pub async fn nodes(&self, ids: &[NodeId]) -> Result<HashMap<NodeId, Hash>> {
+        let mut found = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(200) {
+            let mut sql = Sql::new("SELECT level, idx, hash FROM nodes WHERE ");
+            for (i, id) in chunk.iter().enumerate() {
+                sql.push(if i == 0 { "(level = " } else { " OR (level = " })
+                    .bind(Value::Int(i64::from(id.level)))
+                    .push(" AND idx = ")
+                    .bind(Value::Int(to_sql(id.index)))
+                    .push(")");
+            }
+            let rows: Vec<(i64, i64, Vec<u8>)> = sql
+                .build()
+                .try_map(|row: sqlx::any::AnyRow| {
+                    use sqlx::Row as _;
+                    Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+                })
+                .fetch_all(&self.pool)
+                .await?;
+            for (level, index, hash) in rows {
+                let level = u32::try_from(level)
+                    .map_err(|_| StoreError::Corrupt(format!("node level {level}")))?;
+                found.insert(NodeId::new(level, from_sql(index)?), hash_of(hash)?);
+            }
+        }
+        Ok(found)
+    }
+
+    /// The index and leaf of each of `event_ids` already in the log.
+    pub async fn logged(&self, event_ids: &[&str]) -> Result<HashMap<String, (u64, Vec<u8>)>> {
+        let mut found = HashMap::new();
+        for chunk in event_ids.chunks(500) {
+            let mut sql = Sql::new("SELECT event_id, idx, leaf FROM entries WHERE event_id IN (");
+            for (i, id) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.bind(Value::Text((*id).to_owned()));
+            }
+            sql.push(")");
+            let rows: Vec<(String, i64, Vec<u8>)> = sql
+                .build()
+                .try_map(|row: sqlx::any::AnyRow| {
+                    use sqlx::Row as _;
+                    Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+                })
+                .fetch_all(&self.pool)
+                .await?;
+            for (id, index, leaf) in rows {
+                found.insert(id, (from_sql(index)?, leaf));
+            }
+        }
+        Ok(found)
+    }
+
+    /// The entries with index in `[from, to)`, in order: (index, leaf).
+    pub async fn range(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT idx, leaf FROM entries WHERE idx >= $1 AND idx < $2 ORDER BY idx",
+        )
+        .bind(to_sql(from))
+        .bind(to_sql(to))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(i, leaf)| Ok((from_sql(i)?, leaf)))
+            .collect()
+    }
+
+    /// Up to `limit` entries matching `filter`, in `order`, strictly after the cursor index
+    /// (keyset pagination): (index, leaf).
+    pub async fn query(
+        &self,
+        filter: &Filter,
+        order: Order,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut sql = Sql::new("SELECT idx, leaf FROM entries WHERE 1 = 1");
+        let texts = [
+            ("subject", &filter.subject),
+            ("client_id", &filter.client_id),
+            ("token_id", &filter.token_id),
+            ("family_id", &filter.family_id),
+            ("audience", &filter.audience),
+            ("action", &filter.action),
+            ("resource", &filter.resource),
+            ("reason", &filter.reason),
+        ];
+        for (column, value) in texts {
+            if let Some(value) = value {
+                sql.push(&format!(" AND {column} = "))
+                    .bind(Value::Text(value.clone()));
+            }
+        }
+        if let Some(decision) = filter.decision {
+            sql.push(" AND decision = ")
+                .bind(Value::Int(i64::from(decision)));
+        }
+        if !filter.kinds.is_empty() {
+            sql.push(" AND kind IN (");
+            for (i, kind) in filter.kinds.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.bind(Value::Int(i64::from(*kind)));
+            }
+            sql.push(")");
+        }
+        if let Some(from) = filter.time_from {
+            sql.push(" AND time >= ").bind(Value::Int(from));
+        }
+        if let Some(to) = filter.time_to {
+            sql.push(" AND time < ").bind(Value::Int(to));
+        }
+        let (cursor, direction) = match order {
+            Order::NewestFirst => (" AND idx < ", " ORDER BY idx DESC LIMIT "),
+            Order::OldestFirst => (" AND idx > ", " ORDER BY idx ASC LIMIT "),
+        };
+        if let Some(after) = after {
+            sql.push(cursor).bind(Value::Int(to_sql(after)));
+        }
+        sql.push(direction).bind(Value::Int(i64::from(limit)));
+        let rows: Vec<(i64, Vec<u8>)> = sql
+            .build()
+            .try_map(|row: sqlx::any::AnyRow| {
+                use sqlx::Row as _;
+                Ok((row.try_get(0)?, row.try_get(1)?))
+            })
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|(i, leaf)| Ok((from_sql(i)?, leaf)))
+            .collect()
+    }
+
+    /// The highest sequence number logged from `producer`.
+    pub async fn producer_last_seq(&self, producer: &str) -> Result<Option<u64>> {
+        let seq: Option<i64> = sqlx::query_scalar("SELECT last_seq FROM producers WHERE name = $1")
+            .bind(producer)
+            .fetch_optional(&self.pool)
+            .await?;
+        seq.map(from_sql).transpose()
+    }
+}
