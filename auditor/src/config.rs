@@ -10,6 +10,7 @@ use trias_runtime::config::ConfigError;
 use trias_runtime::secret::Secret;
 
 use crate::checkpoint::valid_key_name;
+use crate::detect::{self, DetectConfig};
 
 /// The prefix of the auditor's environment variables.
 pub const ENV_PREFIX: &str = "TRIAS_AUDITOR_";
@@ -33,6 +34,9 @@ pub struct AuditorConfig {
     /// The producers allowed to append.
     #[serde(default = "default_producers")]
     pub producers: Vec<String>,
+    /// The detectors' settings.
+    #[serde(default)]
+    pub detectors: DetectConfig,
     /// Log as JSON lines.
     #[serde(default)]
     pub log_json: bool,
@@ -81,6 +85,18 @@ impl AuditorConfig {
             if self.producers[..i].contains(producer) {
                 return Err((format!("producers.{i}"), "is listed twice".into()));
             }
+            if producer == detect::PRODUCER {
+                return Err((
+                    format!("producers.{i}"),
+                    "is the auditor's own name for its alerts".into(),
+                ));
+            }
+        }
+        if self.detectors.denial_burst_count < 2 {
+            return bad("detectors.denial_burst_count", "must be at least 2");
+        }
+        if self.detectors.denial_burst_window.is_zero() {
+            return bad("detectors.denial_burst_window", "must be positive");
         }
         if let Some(url) = &self.database_url {
             let url = url.expose();
@@ -131,6 +147,33 @@ mod tests {
         assert!(config.database_url().starts_with("sqlite://"));
         assert!(config.key_path().ends_with("checkpoint-key.pk8"));
         assert!(!config.log_json);
+        assert_eq!(config.detectors, DetectConfig::default());
+        assert_eq!(
+            config.detectors.never_issued_grace,
+            std::time::Duration::from_secs(30)
+        );
+        assert_eq!(config.detectors.denial_burst_count, 20);
+    }
+
+    #[test]
+    fn environment_sets_detector_settings() {
+        let config = AuditorConfig::load(
+            None,
+            &env(&[
+                ("TRIAS_AUDITOR_DETECTORS__NEVER_ISSUED_GRACE", "2s"),
+                ("TRIAS_AUDITOR_DETECTORS__DENIAL_BURST_COUNT", "5"),
+                ("TRIAS_AUDITOR_DETECTORS__DENIAL_BURST_WINDOW", "10s"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.detectors,
+            DetectConfig {
+                never_issued_grace: std::time::Duration::from_secs(2),
+                denial_burst_count: 5,
+                denial_burst_window: std::time::Duration::from_secs(10),
+            }
+        );
     }
 
     #[test]
@@ -154,6 +197,12 @@ mod tests {
             ("TRIAS_AUDITOR_ORIGIN", "a+b", "origin"),
             ("TRIAS_AUDITOR_PRODUCERS", "[]", "producers"),
             ("TRIAS_AUDITOR_PRODUCERS", "[\"a\", \"a\"]", "producers.1"),
+            ("TRIAS_AUDITOR_PRODUCERS", "[\"auditor\"]", "producers.0"),
+            (
+                "TRIAS_AUDITOR_DETECTORS__DENIAL_BURST_COUNT",
+                "1",
+                "detectors.denial_burst_count",
+            ),
             ("TRIAS_AUDITOR_DATABASE_URL", "mysql://x", "database_url"),
             ("TRIAS_AUDITOR_SIGNING_KEY", "x", "signing_key"),
         ] {

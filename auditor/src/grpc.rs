@@ -2,11 +2,12 @@
 //!
 //! Until services authenticate with mTLS (issue 5), an append's producer is the request's
 //! `producer` field, checked against the configured list; queries are not yet behind an
-//! `audit:read` token. `WatchAlerts` answers UNIMPLEMENTED until the detectors exist.
+//! `audit:read` token. `WatchAlerts` replays logged alerts, then follows new ones until the
+//! caller goes away or the server stops.
 
 use std::pin::Pin;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -22,6 +23,8 @@ use crate::store::{Filter, Order, unix_nanos};
 
 /// Entries read from the database per export step.
 const EXPORT_CHUNK: u64 = 1000;
+/// Alerts read from the database per step of a watch.
+const ALERT_PAGE: u32 = 100;
 
 type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -29,11 +32,22 @@ type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[derive(Debug, Clone)]
 pub struct AuditorService {
     auditor: Auditor,
+    /// Turns true when the server stops; long-lived streams end on it.
+    stop: watch::Receiver<bool>,
 }
 
 impl AuditorService {
+    /// A service whose alert streams end only when their callers go away.
     pub fn new(auditor: Auditor) -> Self {
-        AuditorService { auditor }
+        // The sender is dropped: such a stop signal never fires (see `stopping`).
+        let (_, stop) = watch::channel(false);
+        AuditorService { auditor, stop }
+    }
+
+    /// A service whose alert streams also end when `stop` turns true, so that they do not
+    /// hold up the server's graceful shutdown.
+    pub fn with_stop(auditor: Auditor, stop: watch::Receiver<bool>) -> Self {
+        AuditorService { auditor, stop }
     }
 
     pub fn into_server(self) -> auditor_server::AuditorServer<Self> {
@@ -80,6 +94,13 @@ fn filter(request: &pb::QueryRequest) -> Result<Filter, Error> {
         time_from,
         time_to,
     })
+}
+
+/// Completes when the stop signal turns true; never, if its sender is gone without it.
+async fn stopping(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|stopping| *stopping).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// The cursor of an opaque page token (the last index of the previous page).
@@ -223,11 +244,52 @@ impl AuditorApi for AuditorService {
 
     async fn watch_alerts(
         &self,
-        _request: Request<pb::WatchAlertsRequest>,
+        request: Request<pb::WatchAlertsRequest>,
     ) -> Result<Response<Self::WatchAlertsStream>, Status> {
-        Err(Status::unimplemented(
-            "alerts are not raised yet: the detectors are not built",
-        ))
+        let mut cursor = request.into_inner().after_index;
+        let auditor = self.auditor.clone();
+        // Subscribed before the replay, so an alert logged meanwhile is not missed.
+        let mut logged = auditor.sequencer().alerts();
+        let mut stop = self.stop.clone();
+        let alerts = Filter {
+            kinds: vec![pb::EventKind::Alert as i32],
+            ..Filter::default()
+        };
+        let (tx, rx) = mpsc::channel(ALERT_PAGE as usize);
+        tokio::spawn(async move {
+            loop {
+                logged.mark_unchanged();
+                let page = match auditor
+                    .query_page(&alerts, Order::OldestFirst, Some(cursor), ALERT_PAGE)
+                    .await
+                {
+                    Ok(page) => page,
+                    Err(error) => {
+                        let _ = tx.send(Err(error.into())).await;
+                        return;
+                    }
+                };
+                for entry in page.entries {
+                    cursor = entry.index;
+                    if tx.send(Ok(entry)).await.is_err() {
+                        return;
+                    }
+                }
+                if page.next.is_some() {
+                    continue;
+                }
+                tokio::select! {
+                    changed = logged.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                    () = stopping(&mut stop) => return,
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     type ExportStream = Streamed<pb::LogEntry>;

@@ -1,7 +1,9 @@
 //! The Trias auditor: the append-only, tamper-evident record of every issuance and every
 //! check. Producers (the issuer and the validator) append batches of events; a single
 //! sequencer gives each a log index, grows an RFC 9162 Merkle tree over them, and signs a
-//! C2SP checkpoint with the auditor's own Ed25519 key before it acknowledges. Anyone holding
+//! C2SP checkpoint with the auditor's own Ed25519 key before it acknowledges. Detectors
+//! ([`detect`]) look at every new entry and log their alerts in the same commit; alerts are
+//! streamed live by `WatchAlerts`. Anyone holding
 //! a checkpoint and the verifier key can check inclusion and consistency proofs, or re-derive
 //! the root from an export, without trusting the auditor.
 //!
@@ -16,6 +18,7 @@
 pub mod auditor;
 pub mod checkpoint;
 pub mod config;
+pub mod detect;
 pub mod error;
 pub mod grpc;
 pub mod merkle;
@@ -67,7 +70,9 @@ pub async fn open(config: &AuditorConfig, clock: Arc<dyn Clock>) -> Result<Audit
     }
     let store = store::Store::open(&url).await?;
     let verifier = key.verifier();
-    let sequencer = sequencer::Sequencer::start(store.clone(), key, clock).await?;
+    let sequencer =
+        sequencer::Sequencer::start_with(store.clone(), key, clock, config.detectors.clone())
+            .await?;
     tracing::info!(verifier = %verifier, "checkpoints are signed by this key");
     Ok(Auditor::new(
         store,
@@ -150,15 +155,17 @@ pub async fn serve(
     grpc: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    let mut stopped = stop_rx.clone();
     let result = tonic::transport::Server::builder()
-        .add_service(grpc::AuditorService::new(auditor.clone()).into_server())
+        // Alert streams end on the stop signal, so they never hold up a graceful shutdown.
+        .add_service(grpc::AuditorService::with_stop(auditor.clone(), stop_rx).into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
-            let _ = stop_rx.wait_for(|stop| *stop).await;
+            let _ = stopped.wait_for(|stop| *stop).await;
         })
         .await;
     auditor.close().await;

@@ -2,27 +2,40 @@
 //! (group commit) and only then answers every waiter.
 //!
 //! For each group it dedups by event id (an id already logged, or seen earlier in the group,
-//! gets its existing index), assigns the next indexes, extends the in-memory frontier, signs
-//! the checkpoint of the new tree, and writes entries, new nodes and checkpoint in ONE
-//! transaction. The frontier is restored from the stored nodes at start and checked against
+//! gets its existing index), assigns the next indexes, runs the detectors over the new
+//! entries and appends their alerts after them, extends the in-memory frontier, signs the
+//! checkpoint of the new tree, and writes entries, new nodes, checkpoint and detector state in
+//! ONE transaction: an alert is never lost while its evidence is logged, nor logged twice.
+//! A timer also wakes the writer, so a passed check whose grace ends while no appends
+//! arrive still gets its `never_issued` decision. The frontier is restored from the stored nodes at start and checked against
 //! the last signed checkpoint, so the auditor never signs a checkpoint inconsistent with an
 //! earlier one: if the stored tree and the last checkpoint disagree it refuses to start.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
+use prost::Message as _;
+use ring::rand::{SecureRandom as _, SystemRandom};
 use tokio::sync::{mpsc, oneshot, watch};
-use trias_proto::v1::AuditEvent;
+use trias_proto::v1::{AuditEvent, Decision, EventKind};
 use trias_runtime::clock::{Clock, timestamp};
 
 use crate::checkpoint::{CheckpointBody, SigningKey};
+use crate::detect::{self, DetectConfig, Detector, Detectors};
 use crate::error::Error;
 use crate::merkle::{Frontier, Hash, leaf_hash};
-use crate::store::{Batch, Entry, Store, StoreError, StoredCheckpoint, unix_nanos};
+use crate::store::{Batch, Entry, Filter, Order, Store, StoreError, StoredCheckpoint, unix_nanos};
 
 /// The most events committed in one transaction; more queued appends wait for the next.
 pub const MAX_GROUP_EVENTS: usize = 10_000;
+/// How often the writer wakes without appends to decide passed checks whose grace is over.
+const DETECT_TICK: Duration = Duration::from_millis(500);
+/// The detector state naming the index below which every passed check is decided.
+const NEVER_ISSUED_FROM: &str = "never_issued_from";
+/// Denials read back at start to restore burst counting.
+const RESTORED_DENIALS: u32 = 50_000;
 
 /// Why the log cannot be opened for appending.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +70,8 @@ enum Request {
 pub struct Sequencer {
     requests: mpsc::Sender<Request>,
     latest: watch::Receiver<Arc<StoredCheckpoint>>,
+    /// The index of the newest alert logged, if any.
+    alerts: watch::Receiver<Option<u64>>,
     commits: Arc<AtomicU64>,
     /// Never sent on; its sender is dropped when the writer task ends.
     writer_stopped: watch::Receiver<()>,
@@ -94,6 +109,7 @@ pub async fn restore(
                 nodes: Vec::new(),
                 checkpoint: checkpoint.clone(),
                 producers: Vec::new(),
+                state: Vec::new(),
             })
             .await?;
         tracing::info!(origin = key.name(), "new audit log started");
@@ -150,16 +166,114 @@ fn sign(key: &SigningKey, frontier: &Frontier, clock: &dyn Clock) -> StoredCheck
     }
 }
 
+/// Loads the detectors' state: each producer's last sequence number, the passed checks not
+/// yet decided (their grace starts again now), and the recent denials and burst alerts.
+pub async fn load_detectors(
+    store: &Store,
+    config: DetectConfig,
+    now: i64,
+) -> Result<Detectors, StoreError> {
+    let window = i64::try_from(config.denial_burst_window.as_nanos()).unwrap_or(i64::MAX);
+    let grace = i64::try_from(config.never_issued_grace.as_nanos()).unwrap_or(i64::MAX);
+    let mut detectors = Detectors::new(config, store.producers().await?);
+
+    let from = store.detector_state(NEVER_ISSUED_FROM).await?.unwrap_or(0);
+    let passed = Filter {
+        kinds: vec![EventKind::Check as i32],
+        decision: Some(Decision::Allow as i32),
+        ..Filter::default()
+    };
+    let mut after = u64::try_from(from).ok().and_then(|f| f.checked_sub(1));
+    loop {
+        let rows = store
+            .query(&passed, Order::OldestFirst, after, 1000)
+            .await?;
+        let Some((last, _)) = rows.last() else { break };
+        after = Some(*last);
+        detectors.restore_pending(rows.into_iter().filter_map(|(index, leaf)| {
+            let event = AuditEvent::decode(leaf.as_slice()).ok()?;
+            (!event.token_id.is_empty()).then(|| detect::PendingCheck {
+                index,
+                event,
+                due: now.saturating_add(grace),
+            })
+        }));
+    }
+
+    let recent = |filter: Filter| Filter {
+        time_from: Some(now.saturating_sub(window.saturating_mul(2))),
+        ..filter
+    };
+    let denials = recent(Filter {
+        decision: Some(Decision::Deny as i32),
+        ..Filter::default()
+    });
+    let mut rows = store
+        .query(&denials, Order::NewestFirst, None, RESTORED_DENIALS)
+        .await?;
+    rows.reverse();
+    for (index, leaf) in rows {
+        if let Ok(event) = AuditEvent::decode(leaf.as_slice()) {
+            detectors.restore_denial(index, &event);
+        }
+    }
+    let bursts = recent(Filter {
+        kinds: vec![EventKind::Alert as i32],
+        reason: Some(Detector::DenialBurst.name().to_owned()),
+        ..Filter::default()
+    });
+    for (_, leaf) in store
+        .query(&bursts, Order::NewestFirst, None, RESTORED_DENIALS)
+        .await?
+    {
+        if let Ok(alert) = AuditEvent::decode(leaf.as_slice()) {
+            detectors.restore_burst_alert(&alert);
+        }
+    }
+    Ok(detectors)
+}
+
+fn now_nanos(clock: &dyn Clock) -> i64 {
+    unix_nanos(&timestamp(clock.now()))
+}
+
 impl Sequencer {
-    /// Restores the log (see [`restore`]) and starts the writer task.
+    /// Restores the log (see [`restore`]) and starts the writer task with the default
+    /// detector settings.
     pub async fn start(
         store: Store,
         key: Arc<SigningKey>,
         clock: Arc<dyn Clock>,
     ) -> Result<Sequencer, RestoreError> {
+        Sequencer::start_with(store, key, clock, DetectConfig::default()).await
+    }
+
+    /// Restores the log (see [`restore`]) and the detectors' state, and starts the writer
+    /// task.
+    pub async fn start_with(
+        store: Store,
+        key: Arc<SigningKey>,
+        clock: Arc<dyn Clock>,
+        detect: DetectConfig,
+    ) -> Result<Sequencer, RestoreError> {
         let (frontier, last) = restore(&store, &key, clock.as_ref()).await?;
         tracing::info!(tree_size = last.tree_size, "audit log restored");
+        let detectors = load_detectors(&store, detect, now_nanos(clock.as_ref())).await?;
+        let newest_alert = store
+            .query(
+                &Filter {
+                    kinds: vec![EventKind::Alert as i32],
+                    ..Filter::default()
+                },
+                Order::NewestFirst,
+                None,
+                1,
+            )
+            .await?
+            .first()
+            .map(|(index, _)| *index);
         let (latest_tx, latest) = watch::channel(Arc::new(last));
+        let (alerts_tx, alerts) = watch::channel(newest_alert);
         let (requests, queue) = mpsc::channel(1024);
         let (stopped_tx, writer_stopped) = watch::channel(());
         let commits = Arc::new(AtomicU64::new(0));
@@ -168,7 +282,10 @@ impl Sequencer {
             key,
             clock,
             frontier,
+            detectors,
+            rng: SystemRandom::new(),
             latest: latest_tx,
+            alerts: alerts_tx,
             commits: Arc::clone(&commits),
             _stopped: stopped_tx,
         };
@@ -176,6 +293,7 @@ impl Sequencer {
         Ok(Sequencer {
             requests,
             latest,
+            alerts,
             commits,
             writer_stopped,
         })
@@ -195,6 +313,11 @@ impl Sequencer {
     /// The latest signed checkpoint.
     pub fn latest(&self) -> Arc<StoredCheckpoint> {
         Arc::clone(&self.latest.borrow())
+    }
+
+    /// The index of the newest alert logged; changes whenever alerts are logged.
+    pub fn alerts(&self) -> watch::Receiver<Option<u64>> {
+        self.alerts.clone()
     }
 
     /// Transactions committed so far; far fewer than appends under load.
@@ -217,7 +340,10 @@ struct Writer {
     key: Arc<SigningKey>,
     clock: Arc<dyn Clock>,
     frontier: Frontier,
+    detectors: Detectors,
+    rng: SystemRandom,
     latest: watch::Sender<Arc<StoredCheckpoint>>,
+    alerts: watch::Sender<Option<u64>>,
     commits: Arc<AtomicU64>,
     _stopped: watch::Sender<()>,
 }
@@ -231,12 +357,23 @@ enum Outcome {
 impl Writer {
     async fn run(mut self, mut queue: mpsc::Receiver<Request>) {
         let mut held: Option<Request> = None;
+        let mut tick = tokio::time::interval(DETECT_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let request = match held.take() {
                 Some(request) => request,
-                None => match queue.recv().await {
-                    Some(request) => request,
-                    None => break,
+                None => tokio::select! {
+                    request = queue.recv() => match request {
+                        Some(request) => request,
+                        None => break,
+                    },
+                    _ = tick.tick() => {
+                        self.detectors.prune();
+                        if self.detectors.has_due(now_nanos(self.clock.as_ref())) {
+                            self.commit_group(Vec::new()).await;
+                        }
+                        continue;
+                    }
                 },
             };
             match request {
@@ -286,6 +423,7 @@ impl Writer {
             .collect();
         let mut frontier = self.frontier.clone();
         let mut entries = Vec::new();
+        let mut observed: Vec<(u64, AuditEvent)> = Vec::new();
         let mut nodes = Vec::new();
         let mut producers: HashMap<String, u64> = HashMap::new();
         let mut outcomes = Vec::with_capacity(group.len());
@@ -326,10 +464,30 @@ impl Writer {
                 *seq = (*seq).max(event.producer_seq);
                 known.insert(event.id.clone(), (index, hash));
                 entries.push(Entry::new(index, &event, leaf));
+                observed.push((index, event));
                 indexes.push(index);
             }
             outcomes.push(Outcome::Indexes(indexes));
         }
+
+        // The detectors see the new entries only (a retried event is not seen twice), and
+        // their alerts follow them in the same commit.
+        let now = self.clock.now();
+        let alerts = self.detect(&observed, unix_nanos(&timestamp(now))).await;
+        let mut alerted = None;
+        for alert in alerts {
+            let seq = self.detectors.next_alert_seq();
+            let event = alert.into_event(self.alert_id(seq), seq, timestamp(now));
+            let leaf = crate::auditor::leaf(&event);
+            let index = frontier.size();
+            nodes.extend(frontier.push(leaf_hash(&leaf)));
+            tracing::warn!(index, detector = %event.reason, subject = %event.subject, client_id = %event.client_id, token_id = %event.token_id, "alert");
+            let last = producers.entry(event.producer.clone()).or_default();
+            *last = (*last).max(seq);
+            entries.push(Entry::new(index, &event, leaf));
+            alerted = Some(index);
+        }
+        let decided_below = self.detectors.decided_below(frontier.size());
 
         let checkpoint = if entries.is_empty() {
             // Nothing new: the current checkpoint already covers every index answered.
@@ -342,6 +500,10 @@ impl Writer {
                 nodes,
                 checkpoint,
                 producers: producers.into_iter().collect(),
+                state: vec![(
+                    NEVER_ISSUED_FROM.to_owned(),
+                    crate::store::to_sql(decided_below),
+                )],
             };
             match self.store.append(&batch).await {
                 Ok(()) => {
@@ -349,6 +511,9 @@ impl Writer {
                     self.commits.fetch_add(1, Ordering::Relaxed);
                     let checkpoint = Arc::new(batch.checkpoint);
                     self.latest.send_replace(Arc::clone(&checkpoint));
+                    if alerted.is_some() {
+                        self.alerts.send_replace(alerted);
+                    }
                     tracing::debug!(events = size, tree_size = checkpoint.tree_size, "appended");
                     Ok(checkpoint)
                 }
@@ -372,8 +537,48 @@ impl Writer {
         }
     }
 
+    /// Runs the detectors over the new entries and decides the passed checks whose grace
+    /// is over, looking their tokens up in the log and in this group.
+    async fn detect(&mut self, observed: &[(u64, AuditEvent)], now: i64) -> Vec<detect::Alert> {
+        let seen: Vec<(u64, &AuditEvent)> = observed.iter().map(|(i, e)| (*i, e)).collect();
+        let mut alerts = self.detectors.observe(&seen, now);
+        let due = self.detectors.take_due(now);
+        if due.is_empty() {
+            return alerts;
+        }
+        let mut tokens: Vec<&str> = due.iter().map(|c| c.event.token_id.as_str()).collect();
+        tokens.sort_unstable();
+        tokens.dedup();
+        match self.store.token_facts(&tokens).await {
+            Ok(mut facts) => {
+                // Issued in this very group: not yet in the database.
+                for (_, event) in observed {
+                    if event.kind() == EventKind::TokenIssued && !event.token_id.is_empty() {
+                        facts.entry(event.token_id.clone()).or_default().issued = true;
+                    }
+                }
+                alerts.extend(detect::resolve(due, &facts));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot look up passed checks' tokens; deciding them later");
+                self.detectors.restore_pending(due);
+            }
+        }
+        alerts
+    }
+
+    /// 128 random bits in hex: no producer can predict (and so pre-empt) an alert's id.
+    fn alert_id(&self, seq: u64) -> String {
+        let mut bytes = [0u8; 16];
+        match self.rng.fill(&mut bytes) {
+            Ok(()) => data_encoding::HEXLOWER.encode(&bytes),
+            Err(_) => format!("{}-{seq}-{}", detect::PRODUCER, self.frontier.size()),
+        }
+    }
+
     /// After a failed commit the database may still hold it (a commit acknowledged by the
-    /// server but lost on the way back): the frontier is rebuilt from what is stored.
+    /// server but lost on the way back): the frontier and the detectors' state are rebuilt
+    /// from what is stored.
     async fn resync(&mut self) {
         match restore(&self.store, &self.key, self.clock.as_ref()).await {
             Ok((frontier, last)) => {
@@ -382,6 +587,13 @@ impl Writer {
             }
             Err(error) => {
                 tracing::error!(%error, "cannot re-read the audit log after a failed commit");
+            }
+        }
+        let config = self.detectors.config().clone();
+        match load_detectors(&self.store, config, now_nanos(self.clock.as_ref())).await {
+            Ok(detectors) => self.detectors = detectors,
+            Err(error) => {
+                tracing::error!(%error, "cannot re-read the detectors' state after a failed commit");
             }
         }
     }

@@ -13,8 +13,9 @@ use std::time::Duration;
 use sqlx::any::{AnyArguments, AnyPoolOptions};
 use sqlx::query::Query;
 use sqlx::{Any, AnyPool, AssertSqlSafe};
-use trias_proto::v1::AuditEvent;
+use trias_proto::v1::{AuditEvent, EventKind};
 
+use crate::detect::{Detector, TokenFacts};
 use crate::merkle::{Hash, NodeId};
 
 /// A storage failure.
@@ -119,6 +120,8 @@ pub struct Batch {
     pub checkpoint: StoredCheckpoint,
     /// Each producer's highest sequence number in the batch.
     pub producers: Vec<(String, u64)>,
+    /// Detector state saved with the batch, by name (see `detect`).
+    pub state: Vec<(String, i64)>,
 }
 
 /// What a query selects; `None` and empty fields match anything.
@@ -355,6 +358,16 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        for (name, value) in &batch.state {
+            sqlx::query(
+                "INSERT INTO detector_state (name, value) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            )
+            .bind(name.clone())
+            .bind(*value)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -529,5 +542,62 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         seq.map(from_sql).transpose()
+    }
+
+    /// Every producer's highest logged sequence number.
+    pub async fn producers(&self) -> Result<HashMap<String, u64>> {
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT name, last_seq FROM producers")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|(name, seq)| Ok((name, from_sql(seq)?)))
+            .collect()
+    }
+
+    /// A detector state value saved with an earlier batch.
+    pub async fn detector_state(&self, name: &str) -> Result<Option<i64>> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM detector_state WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// What the log says about each of `token_ids`: issued (a `TOKEN_ISSUED` event names
+    /// it) and already alerted `never_issued`. Ids the log does not name are absent.
+    pub async fn token_facts(&self, token_ids: &[&str]) -> Result<HashMap<String, TokenFacts>> {
+        let mut facts: HashMap<String, TokenFacts> = HashMap::new();
+        for chunk in token_ids.chunks(500) {
+            let mut sql = Sql::new("SELECT token_id, kind, reason FROM entries WHERE kind IN (");
+            sql.bind(Value::Int(i64::from(EventKind::TokenIssued as i32)))
+                .push(", ")
+                .bind(Value::Int(i64::from(EventKind::Alert as i32)))
+                .push(") AND token_id IN (");
+            for (i, id) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.bind(Value::Text((*id).to_owned()));
+            }
+            sql.push(")");
+            let rows: Vec<(String, i64, String)> = sql
+                .build()
+                .try_map(|row: sqlx::any::AnyRow| {
+                    use sqlx::Row as _;
+                    Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+                })
+                .fetch_all(&self.pool)
+                .await?;
+            for (token_id, kind, reason) in rows {
+                let fact = facts.entry(token_id).or_default();
+                if kind == i64::from(EventKind::TokenIssued as i32) {
+                    fact.issued = true;
+                } else if reason == Detector::NeverIssued.name() {
+                    fact.alerted = true;
+                }
+            }
+        }
+        Ok(facts)
     }
 }

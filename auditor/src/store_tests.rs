@@ -158,6 +158,7 @@ fn batch(n: u64, key: &SigningKey) -> Batch {
             time: 1,
         },
         producers: vec![("issuer".into(), n)],
+        state: Vec::new(),
     }
 }
 
@@ -319,7 +320,11 @@ async fn proofs_from_stored_nodes_verify(store: Store) {
     let mut leaves = Vec::new();
     for round in 0..7u64 {
         let events: Vec<_> = (0..=round)
-            .map(|i| event(&format!("r{round}-{i}"), "validator", round * 10 + i, "s"))
+            .map(|i| {
+                // Numbered without gaps, so the gap detector adds no alerts to the tree.
+                let seq = round * (round + 1) / 2 + i + 1;
+                event(&format!("r{round}-{i}"), "validator", seq, "s")
+            })
             .collect();
         leaves.extend(events.iter().map(|e| e.encode_to_vec()));
         checkpoints.push(
@@ -495,7 +500,9 @@ async fn concurrent_appends_share_commits(store: Store) {
     for i in 0..200u64 {
         let auditor = auditor.clone();
         tasks.spawn(async move {
-            let e = event(&format!("c{i}"), "issuer", i + 1, "alice");
+            // Concurrent appends from one producer arrive in any order, which a shipper
+            // never does; one sequence number for all keeps the gap detector quiet.
+            let e = event(&format!("c{i}"), "issuer", 1, "alice");
             auditor.append("issuer", vec![e]).await.unwrap()
         });
     }

@@ -27,11 +27,17 @@ enum Command {
         #[arg(long, default_value = ".trias")]
         data_dir: PathBuf,
     },
+    /// Verify the audit log without trusting the auditor: checkpoint signatures, consistency
+    /// with a checkpoint saved earlier, and the whole tree re-derived from an export.
+    Audit {
+        #[command(subcommand)]
+        command: trias_cli::audit::AuditCommand,
+    },
     /// Run one service in this process (what `trias up` starts for each service).
     #[command(hide = true)]
     Serve {
         /// The service to run.
-        #[arg(value_parser = ["issuer", "validator"])]
+        #[arg(value_parser = ["issuer", "validator", "auditor"])]
         service: String,
         /// Its configuration file.
         #[arg(long)]
@@ -44,6 +50,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Up { data_dir } => up::up(&data_dir).await,
+        Command::Audit { command } => return trias_cli::audit::main(command).await,
         Command::Serve { service, config } => up::serve(&service, &config).await,
     };
     match outcome {

@@ -3,7 +3,8 @@
 //!
 //! The first run creates the data directory: the sample policy, one configuration file per
 //! service, and demo clients and users, whose credentials go to `stack.env` and `stack.json`
-//! (owner-only) so scripts can use the running stack without parsing logs.
+//! (owner-only) so scripts can use the running stack without parsing logs. The issuer and the
+//! validator ship their audit outboxes to the auditor, which starts first.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ const ISSUER_GRPC: &str = "127.0.0.1:7401";
 const ISSUER_HTTP: &str = "127.0.0.1:7402";
 const VALIDATOR_GRPC: &str = "127.0.0.1:7411";
 const VALIDATOR_HTTP: &str = "127.0.0.1:7412";
+const AUDITOR_GRPC: &str = "127.0.0.1:7421";
 const DEMO_REDIRECT: &str = "http://127.0.0.1:7480/callback";
 
 /// Runs one service in this process until Ctrl-C or SIGTERM.
@@ -40,6 +42,12 @@ pub async fn serve(service: &str, config_path: &Path) -> Result<(), Error> {
             trias_validator::run(&config, trias_validator::shutdown_signal()).await?;
             Ok(())
         }
+        "auditor" => {
+            let config = trias_auditor::AuditorConfig::load(Some(config_path), &env)?;
+            trias_runtime::telemetry::init(config.log_json);
+            trias_auditor::run(&config, trias_auditor::shutdown_signal()).await?;
+            Ok(())
+        }
         other => Err(format!("unknown service {other}").into()),
     }
 }
@@ -52,6 +60,16 @@ pub async fn up(data_dir: &Path) -> Result<(), Error> {
     let policy = data_dir.join("policy.toml");
     if !policy.exists() {
         std::fs::write(&policy, trias_policy::SAMPLE)?;
+    }
+    let auditor_config = data_dir.join("auditor.toml");
+    if !auditor_config.exists() {
+        std::fs::write(
+            &auditor_config,
+            format!(
+                "# The local auditor; see docs/configuration.md.\ngrpc_addr = \"{AUDITOR_GRPC}\"\ndata_dir = {:?}\n",
+                data_dir.join("auditor").display().to_string(),
+            ),
+        )?;
     }
     let issuer_config = data_dir.join("issuer.toml");
     if !issuer_config.exists() {
@@ -75,21 +93,40 @@ pub async fn up(data_dir: &Path) -> Result<(), Error> {
             ),
         )?;
     }
+    // Also for a data directory from before the auditor was part of the stack.
+    for config in [&issuer_config, &validator_config] {
+        ship_to_auditor(config)?;
+    }
     let stack_json = data_dir.join("stack.json");
-    let stack = if stack_json.exists() {
+    let mut stack: serde_json::Value = if stack_json.exists() {
         serde_json::from_str(&std::fs::read_to_string(&stack_json)?)?
     } else {
-        let stack = create_demo(&issuer_config).await?;
-        write_stack(&data_dir, &stack)?;
-        stack
+        create_demo(&issuer_config).await?
     };
+    if stack["auditor_grpc"].is_null() || !stack_json.exists() {
+        stack["auditor_grpc"] = json!(format!("http://{AUDITOR_GRPC}"));
+        write_stack(&data_dir, &stack)?;
+    }
 
-    for addr in [ISSUER_GRPC, ISSUER_HTTP, VALIDATOR_GRPC, VALIDATOR_HTTP] {
+    for addr in [
+        ISSUER_GRPC,
+        ISSUER_HTTP,
+        VALIDATOR_GRPC,
+        VALIDATOR_HTTP,
+        AUDITOR_GRPC,
+    ] {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             return Err(format!("{addr} is already in use: is another `trias up` running?").into());
         }
     }
     let exe = std::env::current_exe()?;
+    // The auditor first, so the others' outboxes ship as soon as they start.
+    let mut auditor = Command::new(&exe)
+        .args(["serve", "auditor", "--config"])
+        .arg(&auditor_config)
+        .kill_on_drop(true)
+        .spawn()?;
+    wait_ready(&mut auditor, AUDITOR_GRPC).await?;
     let mut issuer = Command::new(&exe)
         .args(["serve", "issuer", "--config"])
         .arg(&issuer_config)
@@ -108,6 +145,9 @@ pub async fn up(data_dir: &Path) -> Result<(), Error> {
     println!("  issuer HTTP  http://{ISSUER_HTTP}  (token, revoke, metadata, JWKS)");
     println!("  validator gRPC  http://{VALIDATOR_GRPC}  (Check, CheckBatch)");
     println!("  validator HTTP  http://{VALIDATOR_HTTP}  (POST /oauth2/introspect)");
+    println!(
+        "  auditor gRPC  http://{AUDITOR_GRPC}  (Query, WatchAlerts, GetCheckpoint, proofs, Export)"
+    );
     println!("  credentials  {}/stack.env", data_dir.display());
     println!();
     println!("Try it:");
@@ -119,20 +159,39 @@ pub async fn up(data_dir: &Path) -> Result<(), Error> {
     println!("Ctrl-C stops all services.");
     let _ = stack;
 
-    tokio::select! {
-        () = trias_issuer::shutdown_signal() => {}
-        status = issuer.wait() => {
-            stop(&mut validator).await;
-            return Err(format!("the issuer exited unexpectedly ({})", status?).into());
-        }
-        status = validator.wait() => {
-            stop(&mut issuer).await;
-            return Err(format!("the validator exited unexpectedly ({})", status?).into());
-        }
-    }
+    let exited = tokio::select! {
+        () = trias_issuer::shutdown_signal() => None,
+        status = issuer.wait() => Some(("issuer", status?)),
+        status = validator.wait() => Some(("validator", status?)),
+        status = auditor.wait() => Some(("auditor", status?)),
+    };
+    // The producers first: each flushes its outbox to the auditor as it stops.
     stop(&mut validator).await;
     stop(&mut issuer).await;
+    stop(&mut auditor).await;
+    if let Some((service, status)) = exited {
+        return Err(format!("the {service} exited unexpectedly ({status})").into());
+    }
     println!("stopped");
+    Ok(())
+}
+
+/// Makes a producer's configuration ship its audit outbox to the local auditor, unless it
+/// already names an auditor.
+fn ship_to_auditor(config: &Path) -> Result<(), Error> {
+    let text = std::fs::read_to_string(config)?;
+    if text.contains("auditor_url") {
+        return Ok(());
+    }
+    let line = format!("auditor_url = \"http://{AUDITOR_GRPC}\"\n");
+    let updated = match text.find("[audit]\n") {
+        Some(at) => {
+            let after = at + "[audit]\n".len();
+            format!("{}{line}{}", &text[..after], &text[after..])
+        }
+        None => format!("{text}\n[audit]\n{line}"),
+    };
+    std::fs::write(config, updated)?;
     Ok(())
 }
 
@@ -235,6 +294,7 @@ async fn create_demo(issuer_config: &Path) -> Result<serde_json::Value, Error> {
         "issuer_url": format!("http://{ISSUER_HTTP}"),
         "issuer_grpc": format!("http://{ISSUER_GRPC}"),
         "validator_grpc": format!("http://{VALIDATOR_GRPC}"),
+        "auditor_grpc": format!("http://{AUDITOR_GRPC}"),
         "demo_client_id": service.client.client_id,
         "demo_client_secret": service.secret,
         "demo_frontend_client_id": frontend.client.client_id,
@@ -252,6 +312,7 @@ fn write_stack(data_dir: &Path, stack: &serde_json::Value) -> Result<(), Error> 
         ("TRIAS_ISSUER_URL", "issuer_url"),
         ("TRIAS_ISSUER_GRPC", "issuer_grpc"),
         ("TRIAS_VALIDATOR_GRPC", "validator_grpc"),
+        ("TRIAS_AUDITOR_GRPC", "auditor_grpc"),
         ("TRIAS_DEMO_CLIENT_ID", "demo_client_id"),
         ("TRIAS_DEMO_CLIENT_SECRET", "demo_client_secret"),
         ("TRIAS_DEMO_FRONTEND_CLIENT_ID", "demo_frontend_client_id"),

@@ -68,6 +68,9 @@ pub struct AuditConfig {
     /// This producer's name in the audit log.
     #[serde(default = "default_producer")]
     pub producer: String,
+    /// The auditor's gRPC URL; when set, the outbox is shipped to it.
+    #[serde(default)]
+    pub auditor_url: Option<String>,
 }
 
 impl Default for AuditConfig {
@@ -76,6 +79,7 @@ impl Default for AuditConfig {
             outbox: None,
             strict: true,
             producer: default_producer(),
+            auditor_url: None,
         }
     }
 }
@@ -157,6 +161,9 @@ impl IssuerConfig {
                     "must start with sqlite: or postgres://".into(),
                 ));
             }
+        }
+        if let Some(url) = &self.audit.auditor_url {
+            trias_runtime::shipper::check_auditor_url(url).map_err(|e| ("audit.auditor_url", e))?;
         }
         Ok(())
     }

@@ -47,6 +47,8 @@ pub struct Settings {
     pub role_grant_ttl: Duration,
     /// The audience of tokens accepted by the admin API.
     pub admin_audience: String,
+    /// Where the audit outbox is shipped; `None` keeps events in the outbox.
+    pub auditor_url: Option<String>,
 }
 
 impl Default for Settings {
@@ -61,6 +63,7 @@ impl Default for Settings {
             strict_audit: true,
             role_grant_ttl: Duration::from_secs(24 * 3600),
             admin_audience: "issuer-admin".into(),
+            auditor_url: None,
         }
     }
 }

@@ -28,6 +28,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use trias_policy::Policy;
 use trias_runtime::clock::Clock;
 use trias_runtime::outbox::{Outbox, OutboxConfig};
+use trias_runtime::shipper::ShipperHandle;
 
 pub use config::IssuerConfig;
 pub use error::Error;
@@ -75,6 +76,7 @@ pub async fn open(config: &IssuerConfig, clock: Arc<dyn Clock>) -> Result<Issuer
         strict_audit: config.audit.strict,
         role_grant_ttl: config.role_grant_ttl,
         admin_audience: config.admin_audience.clone(),
+        auditor_url: config.audit.auditor_url.clone(),
     };
     Ok(Issuer::new(store, policy, outbox, clock, settings).await?)
 }
@@ -152,7 +154,8 @@ fn create_private_file(path: &std::path::Path) -> Result<(), StartError> {
 }
 
 /// Serves the gRPC API on `grpc` and the HTTP endpoints on `http` until `shutdown`
-/// completes, then drains in-flight requests and closes the outbox.
+/// completes, shipping the audit outbox to the auditor meanwhile if one is configured; then
+/// drains in-flight requests, flushes the outbox (for a bounded time) and closes it.
 pub async fn serve(
     issuer: Issuer,
     grpc: TcpListener,
@@ -192,8 +195,11 @@ pub async fn serve(
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped(stop_rx.clone()));
     let http_server = axum::serve(http, http::router(issuer.clone()))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let shipper = ShipperHandle::start(issuer.outbox(), issuer.settings().auditor_url.as_deref());
     let (grpc_result, http_result) = tokio::join!(grpc_server, http_server);
     reloader.abort();
+    // No request is in flight any more: the shipper's final flush sees every event.
+    shipper.stop().await;
     issuer.outbox().close().await;
     issuer.store().close().await;
     grpc_result.map_err(|e| StartError::Serve(format!("grpc: {e}")))?;

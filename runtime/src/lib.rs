@@ -2,12 +2,13 @@
 //! that never print, the audit event format and the durable outbox producers write events to.
 //!
 //! The issuer and validator record every audit event in their [`outbox`] before they answer;
-//! a shipper forwards what is there to the auditor.
+//! the [`shipper`] forwards what is there to the auditor.
 
 pub mod clock;
 pub mod config;
 pub mod event;
 pub mod outbox;
 pub mod secret;
+pub mod shipper;
 pub mod telemetry;
 pub mod testing;

@@ -82,6 +82,8 @@ pub struct Outbox {
     requests: mpsc::Sender<Request>,
     reader: SqlitePool,
     commits: Arc<AtomicU64>,
+    /// The last committed sequence number; changes after every commit.
+    committed: watch::Receiver<u64>,
     /// Never sent on; its sender is dropped when the writer task ends.
     writer_stopped: watch::Receiver<()>,
 }
@@ -98,6 +100,10 @@ enum Request {
     MarkShipped {
         up_to_seq: u64,
         reply: oneshot::Sender<Result<(), OutboxError>>,
+    },
+    Prune {
+        below_seq: u64,
+        reply: oneshot::Sender<Result<u64, OutboxError>>,
     },
     Close,
 }
@@ -140,9 +146,11 @@ impl Outbox {
         let max_batch = config.max_batch.max(1);
         let (requests, queue) = mpsc::channel(max_batch);
         let (stopped_tx, writer_stopped) = watch::channel(());
+        let (committed_tx, committed) = watch::channel(last_seq);
         let commits = Arc::new(AtomicU64::new(0));
         let writer = Writer {
             conn,
+            committed: committed_tx,
             producer: config.producer,
             clock,
             rng: SystemRandom::new(),
@@ -156,6 +164,7 @@ impl Outbox {
             requests,
             reader,
             commits,
+            committed,
             writer_stopped,
         })
     }
@@ -200,6 +209,33 @@ impl Outbox {
             .await
             .map_err(|_| OutboxError::Closed)?;
         answer.await.map_err(|_| OutboxError::Closed)?
+    }
+
+    /// Deletes shipped events numbered below `below_seq`, returning how many went. The
+    /// highest-numbered row always stays (an event is shipped only after it is written, and
+    /// only shipped rows are pruned below a number no larger than the last shipped one), so
+    /// numbering continues after a restart.
+    pub async fn prune_shipped(&self, below_seq: u64) -> Result<u64, OutboxError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Prune { below_seq, reply })
+            .await
+            .map_err(|_| OutboxError::Closed)?;
+        answer.await.map_err(|_| OutboxError::Closed)?
+    }
+
+    /// The sequence number of the last committed event, which changes after every commit:
+    /// a shipper waits on it to send new events promptly. The value seen at subscription
+    /// counts as seen. When the writer stops, `changed()` fails.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        let mut receiver = self.committed.clone();
+        receiver.mark_unchanged();
+        receiver
+    }
+
+    /// The sequence number of the last committed event (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        *self.committed.borrow()
     }
 
     /// How many events are not yet shipped.
@@ -260,6 +296,7 @@ struct Writer {
     next_seq: u64,
     max_batch: usize,
     commits: Arc<AtomicU64>,
+    committed: watch::Sender<u64>,
     /// Dropped when the task ends, which is what `Outbox::close` waits for.
     _stopped: watch::Sender<()>,
 }
@@ -303,6 +340,19 @@ impl Writer {
                     .map_err(|e| OutboxError::Write(e.to_string()));
                     let _ = reply.send(result);
                 }
+                Request::Prune { below_seq, reply } => {
+                    // Never the highest row: it carries the numbering across restarts.
+                    let result = sqlx::query(
+                        "DELETE FROM outbox WHERE shipped = 1 AND producer_seq < ? \
+                         AND producer_seq < (SELECT MAX(producer_seq) FROM outbox)",
+                    )
+                    .bind(to_sql(below_seq))
+                    .execute(&mut self.conn)
+                    .await
+                    .map(|done| done.rows_affected())
+                    .map_err(|e| OutboxError::Write(e.to_string()));
+                    let _ = reply.send(result);
+                }
                 // Refuse new requests but keep receiving the ones already queued.
                 Request::Close => queue.close(),
             }
@@ -336,6 +386,7 @@ impl Writer {
             Ok(()) => {
                 self.next_seq = first_seq + size as u64;
                 self.commits.fetch_add(1, Ordering::Relaxed);
+                self.committed.send_replace(self.next_seq - 1);
                 for ((seq, id, _), reply) in rows.into_iter().zip(replies) {
                     let _ = reply.send(Ok(Recorded {
                         id,
@@ -490,6 +541,45 @@ mod tests {
             .map(|e| e.producer_seq)
             .collect();
         assert_eq!(rest, [3, 4]);
+    }
+
+    #[tokio::test]
+    async fn subscribers_see_each_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = open(&dir.path().join("outbox.db")).await;
+        outbox.record(draft("a")).await.unwrap();
+        let mut committed = outbox.subscribe();
+        assert!(
+            !committed.has_changed().unwrap(),
+            "what was there counts as seen"
+        );
+        outbox.record(draft("b")).await.unwrap();
+        committed.changed().await.unwrap();
+        assert_eq!(*committed.borrow_and_update(), 2);
+        outbox.close().await;
+        assert!(
+            committed.changed().await.is_err(),
+            "a stopped writer ends the feed"
+        );
+    }
+
+    #[tokio::test]
+    async fn pruning_removes_shipped_rows_and_numbering_continues() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.db");
+        let outbox = open(&path).await;
+        for name in ["a", "b", "c", "d"] {
+            outbox.record(draft(name)).await.unwrap();
+        }
+        // Unshipped rows are never pruned.
+        assert_eq!(outbox.prune_shipped(10).await.unwrap(), 0);
+        outbox.mark_shipped(4).await.unwrap();
+        // Everything below 10 is shipped, but the last row stays.
+        assert_eq!(outbox.prune_shipped(10).await.unwrap(), 3);
+        outbox.close().await;
+        drop(outbox);
+        let outbox = open(&path).await;
+        assert_eq!(outbox.record(draft("e")).await.unwrap().producer_seq, 5);
     }
 
     #[tokio::test]

@@ -13,7 +13,8 @@
 //! - `TRIAS_BENCH_CONCURRENCY` (64): requests in flight;
 //! - `TRIAS_BENCH_CHANNELS` (4): HTTP/2 connections the gRPC clients share;
 //! - `TRIAS_BENCH_SCENARIOS` (all): which of `grpc`, `http`, `refresh` and the diagnostics
-//!   `grpc-nodelay`, `http-nodelay`, `inprocess`, `reads`, `outbox` to run, comma-separated;
+//!   `grpc-nodelay`, `http-nodelay`, `inprocess`, `reads`, `no-reads`, `outbox` to run,
+//!   comma-separated;
 //! - `TRIAS_BENCH_STAGES` (1): `0` skips the one-at-a-time stage timings;
 //! - `TRIAS_BENCH_SERVER_THREADS` / `TRIAS_BENCH_CLIENT_THREADS` (2 / 2): runtime workers;
 //! - `TRIAS_BENCH_OUTPUT` (`<workspace>/target/bench-issuance.json`): the JSON report.
@@ -65,6 +66,7 @@ const SCENARIOS: &[&str] = &[
     "http-nodelay",
     "inprocess",
     "reads",
+    "no-reads",
     "outbox",
 ];
 
@@ -149,33 +151,14 @@ impl Fixture {
         }
     }
 
-    fn cc_form(&self) -> String {
-        serde_urlencoded_pairs(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", &self.service_id),
-            ("client_secret", &self.service_secret),
-        ])
+    /// The token request form, client_secret_post style (RFC 6749 §2.3.1).
+    fn cc_form(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("grant_type", "client_credentials".to_owned()),
+            ("client_id", self.service_id.clone()),
+            ("client_secret", self.service_secret.clone()),
+        ]
     }
-}
-
-/// `application/x-www-form-urlencoded` without another dependency: the values here are ids and
-/// base64url secrets, so only the reserved characters need escaping.
-fn serde_urlencoded_pairs(pairs: &[(&str, &str)]) -> String {
-    let escape = |s: &str| {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect::<String>()
-    };
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{}={}", escape(k), escape(v)))
-        .collect::<Vec<_>>()
-        .join("&")
 }
 
 /// One closed-loop client: sends a request, waits for the answer, sends the next.
@@ -187,7 +170,7 @@ enum Worker {
     Http {
         client: reqwest::Client,
         url: String,
-        body: String,
+        form: Vec<(&'static str, String)>,
     },
     Refresh {
         client: IssuerClient<Channel>,
@@ -201,6 +184,10 @@ enum Worker {
     Reads {
         issuer: Issuer,
         client_id: String,
+    },
+    NoReads {
+        issuer: Issuer,
+        claims: Box<AccessClaims>,
     },
     Outbox {
         outbox: Outbox,
@@ -219,14 +206,10 @@ impl Worker {
                     .into_inner();
                 check_token(&response.access_token)
             }
-            Worker::Http { client, url, body } => {
+            Worker::Http { client, url, form } => {
                 let response = client
                     .post(url.as_str())
-                    .header(
-                        reqwest::header::CONTENT_TYPE,
-                        "application/x-www-form-urlencoded",
-                    )
-                    .body(body.clone())
+                    .form(form)
                     .send()
                     .await
                     .map_err(|e| e.to_string())?;
@@ -290,6 +273,15 @@ impl Worker {
                     .await
                     .map(drop)
                     .map_err(|e| e.to_string())
+            }
+            Worker::NoReads { issuer, claims } => {
+                issuer
+                    .outbox()
+                    .record(issued_event(&claims.client_id))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let (token, _) = issuer.keys().sign(claims).map_err(|e| e.to_string())?;
+                check_token(&token)
             }
             Worker::Outbox { outbox, client_id } => outbox
                 .record(issued_event(client_id))
@@ -558,12 +550,18 @@ impl Report {
             "first_error": self.first_error,
             "outbox_commits": self.commits,
             "outbox_commits_per_sec": round(self.commits_per_sec, 1),
-            "events_per_commit": round(self.completed as f64 / self.commits.max(1) as f64, 2),
+            "events_per_commit": self.events_per_commit().map(|e| round(e, 2)),
             "cpu_cores": self.usage.iter().map(|(k, u)| (k.to_string(), json!(round(u.cores, 2)))).collect::<serde_json::Map<_, _>>(),
             "cpu_us_per_op": round(self.cpu_us_per_op(), 1),
             "machine_cores_busy_outside_benchmark": round(self.foreign_cores, 2),
             "context_switches_per_op": round(self.switches_per_op(), 2),
         })
+    }
+
+    /// Operations per outbox commit; every measured operation records one event, except
+    /// the reads-only diagnostic, which records none.
+    fn events_per_commit(&self) -> Option<f64> {
+        (self.commits > 0).then(|| self.completed as f64 / self.commits as f64)
     }
 
     fn cores(&self, group: &str) -> f64 {
@@ -752,7 +750,7 @@ async fn run_scenario(
                 .map(|_| Worker::Http {
                     client: http.clone(),
                     url: url.clone(),
-                    body: fixture.cc_form(),
+                    form: fixture.cc_form(),
                 })
                 .collect();
             let description = format!(
@@ -797,6 +795,19 @@ async fn run_scenario(
                 .collect();
             let description = format!(
                 "diagnostic: the two reads of every client_credentials request (store.client, store.roles_of) alone, {c} in flight"
+            );
+            drive(name, &description, server, outbox, workers, settings).await
+        }
+        "no-reads" => {
+            let claims = Box::new(sample_claims(handle, fixture));
+            let workers = (0..c)
+                .map(|_| Worker::NoReads {
+                    issuer: handle.issuer.clone(),
+                    claims: claims.clone(),
+                })
+                .collect();
+            let description = format!(
+                "diagnostic: what issuance costs without its two reads: Outbox::record then Keyring::sign, {c} in flight"
             );
             drive(name, &description, server, outbox, workers, settings).await
         }
@@ -867,12 +878,11 @@ where
 }
 
 /// The stages of a client_credentials issuance, each timed alone on an idle issuer.
-async fn stages(handle: &IssuerHandle, fixture: &Fixture) -> Vec<Stage> {
-    let issuer = &handle.issuer;
-    let store = issuer.store();
+/// Claims like those of a client_credentials token for the benchmark's service client.
+fn sample_claims(handle: &IssuerHandle, fixture: &Fixture) -> AccessClaims {
     let now = unix_seconds(handle.clock.now());
-    let claims = AccessClaims {
-        iss: issuer.settings().issuer.clone(),
+    AccessClaims {
+        iss: handle.issuer.settings().issuer.clone(),
         sub: fixture.service_id.clone(),
         aud: "payments".into(),
         client_id: fixture.service_id.clone(),
@@ -883,7 +893,13 @@ async fn stages(handle: &IssuerHandle, fixture: &Fixture) -> Vec<Stage> {
         acr: None,
         auth_time: None,
         sid: None,
-    };
+    }
+}
+
+async fn stages(handle: &IssuerHandle, fixture: &Fixture) -> Vec<Stage> {
+    let issuer = &handle.issuer;
+    let store = issuer.store();
+    let claims = sample_claims(handle, fixture);
     let (token, kid) = issuer.keys().sign(&claims).unwrap();
     let signing_input = token.rsplit_once('.').unwrap().0.as_bytes().to_vec();
     let pkcs8 = store
@@ -1109,7 +1125,7 @@ fn main() {
     for r in &reports {
         let h = &r.latencies_us;
         println!(
-            "{:<13} {:>9.0} {:>7} {:>7} {:>8} {:>6} {:>9.0} {:>9.1} {:>8.0} {:>8.1}   {:.2} / {:.2} / {:.2} / {:.2}",
+            "{:<13} {:>9.0} {:>7} {:>7} {:>8} {:>6} {:>9.0} {:>9} {:>8.0} {:>8.1}   {:.2} / {:.2} / {:.2} / {:.2}",
             r.name,
             r.tokens_per_sec,
             ms(h.value_at_quantile(0.5)),
@@ -1117,7 +1133,8 @@ fn main() {
             ms(h.value_at_quantile(0.999)),
             r.errors,
             r.commits_per_sec,
-            r.completed as f64 / r.commits.max(1) as f64,
+            r.events_per_commit()
+                .map_or_else(|| "-".to_owned(), |e| format!("{e:.1}")),
             r.cpu_us_per_op(),
             r.switches_per_op(),
             r.cores("issuer"),
@@ -1126,11 +1143,27 @@ fn main() {
             r.foreign_cores,
         );
     }
+    println!(
+        "  (tokens/s counts operations for the diagnostics; CPU µs/op and csw/op are this \
+         process's CPU time and context switches per operation, load generator included)"
+    );
     for r in &reports {
         println!("  {}: {}", r.name, r.description);
         if let Some(error) = &r.first_error {
             println!("  {}: first error: {error}", r.name);
         }
+    }
+    let noisy: Vec<&str> = reports
+        .iter()
+        .filter(|r| r.foreign_cores > 0.25)
+        .map(|r| r.name.as_str())
+        .collect();
+    if !noisy.is_empty() {
+        println!(
+            "warning: other programs kept the machine busy during {}; those figures understate \
+             the issuer (see \"outside\")",
+            noisy.join(", ")
+        );
     }
     if !stage_results.is_empty() {
         println!();

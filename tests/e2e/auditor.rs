@@ -11,7 +11,6 @@ use trias_auditor::merkle::{leaf_hash, root_of_entries, verify_consistency, veri
 use trias_proto::v1::{
     AppendRequest, AppendResponse, AuditEvent, EventKind, ExportRequest, GetCheckpointRequest,
     GetConsistencyProofRequest, GetInclusionProofRequest, Order, QueryRequest, TimeRange,
-    WatchAlertsRequest,
 };
 use trias_runtime::clock::Clock as _;
 use trias_tests::Backend;
@@ -189,11 +188,6 @@ async fn every_receipt_is_proven_in_its_checkpoint(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    let status = grpc
-        .watch_alerts(WatchAlertsRequest { after_index: 0 })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
     auditor.stop().await;
 }
 

@@ -19,6 +19,8 @@ macro_rules! both_backends {
     )+};
 }
 
+mod audit_pipeline;
+mod audit_verify;
 mod auditor;
 mod issuer;
 mod issuer_admin;

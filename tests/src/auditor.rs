@@ -1,21 +1,26 @@
 //! The auditor in the end-to-end harness: [`start_auditor`] starts one on `127.0.0.1:0` with
 //! a temporary data directory (its checkpoint key and, by default, its SQLite log) or a
 //! fresh PostgreSQL database, and [`AuditorHandle::restart`] starts it again on the same
-//! data, as a process restart would.
+//! data, as a process restart would; [`AuditorHandle::down`] and [`StoppedAuditor::up`] do
+//! the same in two steps, on the same port, so producers shipping to it find it again.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use trias_auditor::checkpoint::{CheckpointBody, Verifier};
+use trias_auditor::detect::DetectConfig;
 use trias_auditor::{Auditor, AuditorConfig};
 use trias_proto::v1::auditor_client::AuditorClient;
-use trias_proto::v1::{AuditEvent, Checkpoint, Decision, EventKind, ExportRequest, LogEntry};
+use trias_proto::v1::{
+    AuditEvent, Checkpoint, Decision, EventKind, ExportRequest, LogEntry, Order, QueryRequest,
+    WatchAlertsRequest,
+};
 use trias_runtime::clock::{Clock, ManualClock, timestamp};
 
 use crate::{Backend, PostgresDb, fresh_postgres};
@@ -28,6 +33,8 @@ pub struct AuditorOptions {
     pub producers: Vec<String>,
     /// The checkpoint origin (and key name).
     pub origin: String,
+    /// The detectors' settings.
+    pub detectors: DetectConfig,
 }
 
 impl Default for AuditorOptions {
@@ -36,6 +43,7 @@ impl Default for AuditorOptions {
             backend: Backend::Sqlite,
             producers: vec!["issuer".into(), "validator".into()],
             origin: "trias.test/audit".into(),
+            detectors: DetectConfig::default(),
         }
     }
 }
@@ -76,6 +84,18 @@ pub async fn start_auditor(options: AuditorOptions) -> Option<AuditorHandle> {
         ("DATA_DIR", dir.path().join("data").display().to_string()),
         ("ORIGIN", options.origin.clone()),
         ("PRODUCERS", format!("[{producers}]")),
+        (
+            "DETECTORS__NEVER_ISSUED_GRACE",
+            format!("{}ms", options.detectors.never_issued_grace.as_millis()),
+        ),
+        (
+            "DETECTORS__DENIAL_BURST_COUNT",
+            options.detectors.denial_burst_count.to_string(),
+        ),
+        (
+            "DETECTORS__DENIAL_BURST_WINDOW",
+            format!("{}ms", options.detectors.denial_burst_window.as_millis()),
+        ),
     ]);
     let database = match options.backend {
         Backend::Sqlite => None,
@@ -90,7 +110,8 @@ pub async fn start_auditor(options: AuditorOptions) -> Option<AuditorHandle> {
         .collect();
     let config = AuditorConfig::load(None, &env).unwrap();
     let clock = Arc::new(ManualClock::new(SystemTime::now()));
-    Some(serve(config, dir, database, clock).await)
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    Some(serve(config, dir, database, clock, listener).await)
 }
 
 async fn serve(
@@ -98,8 +119,8 @@ async fn serve(
     dir: Arc<tempfile::TempDir>,
     database: Option<PostgresDb>,
     clock: Arc<ManualClock>,
+    listener: TcpListener,
 ) -> AuditorHandle {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc_addr = listener.local_addr().unwrap();
     let shared: Arc<dyn Clock> = clock.clone();
     let auditor = trias_auditor::open(&config, shared).await.unwrap();
@@ -193,7 +214,77 @@ impl AuditorHandle {
             Arc::clone(&self.dir),
             self.clock.clone(),
         );
-        serve(config, dir, self.database.take(), clock).await
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        serve(config, dir, self.database.take(), clock, listener).await
+    }
+
+    /// Stops the auditor, keeping its data and its address for [`StoppedAuditor::up`].
+    pub async fn down(mut self) -> StoppedAuditor {
+        self.halt().await;
+        StoppedAuditor {
+            grpc_addr: self.grpc_addr,
+            config: self.config.clone(),
+            dir: Arc::clone(&self.dir),
+            clock: self.clock.clone(),
+            database: self.database.take(),
+        }
+    }
+
+    /// The auditor's gRPC URL, as producers' `audit.auditor_url`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// Every entry matching `request` (all pages), oldest first unless it says otherwise.
+    pub async fn query(&self, request: QueryRequest) -> Vec<LogEntry> {
+        let mut stream = self.grpc().await.query(request).await.unwrap().into_inner();
+        let mut entries = Vec::new();
+        while let Some(page) = stream.message().await.unwrap() {
+            entries.extend(page.entries);
+        }
+        entries
+    }
+
+    /// The logged events matching `request`, polling until `done` holds for them (at most
+    /// ten seconds): producers ship asynchronously.
+    pub async fn wait_for(
+        &self,
+        request: QueryRequest,
+        done: impl Fn(&[AuditEvent]) -> bool,
+    ) -> Vec<AuditEvent> {
+        let request = QueryRequest {
+            order: Order::OldestFirst as i32,
+            ..request
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let events: Vec<AuditEvent> = self
+                .query(request.clone())
+                .await
+                .into_iter()
+                .filter_map(|e| e.event)
+                .collect();
+            if done(&events) {
+                return events;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for the log; it holds {events:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Follows `WatchAlerts` from `after_index`.
+    pub async fn watch_alerts(&self, after_index: u64) -> AlertWatch {
+        let stream = self
+            .grpc()
+            .await
+            .watch_alerts(WatchAlertsRequest { after_index })
+            .await
+            .unwrap()
+            .into_inner();
+        AlertWatch { stream }
     }
 
     /// Stops the auditor, waits for it to drain, and drops its PostgreSQL database.
@@ -202,6 +293,67 @@ impl AuditorHandle {
         if let Some(db) = self.database.take() {
             db.drop_database().await;
         }
+    }
+}
+
+/// A stopped auditor whose data and address are kept.
+#[derive(Debug)]
+pub struct StoppedAuditor {
+    grpc_addr: SocketAddr,
+    config: AuditorConfig,
+    dir: Arc<tempfile::TempDir>,
+    clock: Arc<ManualClock>,
+    database: Option<PostgresDb>,
+}
+
+impl StoppedAuditor {
+    /// Starts the auditor again on the same data and the same address.
+    pub async fn up(self) -> AuditorHandle {
+        // The old listener is closed; its port may take a moment to be free again.
+        let mut attempts = 0;
+        let listener = loop {
+            match TcpListener::bind(self.grpc_addr).await {
+                Ok(listener) => break listener,
+                Err(error) => {
+                    attempts += 1;
+                    assert!(attempts < 100, "cannot bind {}: {error}", self.grpc_addr);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        serve(self.config, self.dir, self.database, self.clock, listener).await
+    }
+}
+
+/// A `WatchAlerts` stream.
+#[derive(Debug)]
+pub struct AlertWatch {
+    stream: tonic::Streaming<LogEntry>,
+}
+
+impl AlertWatch {
+    /// The next alert, waiting at most ten seconds.
+    pub async fn next(&mut self) -> LogEntry {
+        tokio::time::timeout(Duration::from_secs(10), self.stream.message())
+            .await
+            .expect("no alert within ten seconds")
+            .unwrap()
+            .expect("the alert stream ended")
+    }
+
+    /// The next alert raised by `detector`, skipping others.
+    pub async fn next_of(&mut self, detector: &str) -> LogEntry {
+        loop {
+            let entry = self.next().await;
+            if entry.event.as_ref().is_some_and(|e| e.reason == detector) {
+                return entry;
+            }
+        }
+    }
+
+    /// Whatever the stream yields next: an alert, the end (`None`) or an error.
+    pub async fn message(&mut self) -> Result<Option<LogEntry>, tonic::Status> {
+        self.stream.message().await
     }
 }
 

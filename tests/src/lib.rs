@@ -59,6 +59,8 @@ pub struct IssuerOptions {
     pub clock: Arc<ManualClock>,
     pub key_publish_delay: Duration,
     pub access_token_ttl: Duration,
+    /// Ship the outbox to this auditor (`audit.auditor_url`).
+    pub auditor_url: Option<String>,
 }
 
 impl Default for IssuerOptions {
@@ -70,6 +72,7 @@ impl Default for IssuerOptions {
             clock: Arc::new(ManualClock::new(SystemTime::now())),
             key_publish_delay: Duration::from_secs(60),
             access_token_ttl: Duration::from_secs(300),
+            auditor_url: None,
         }
     }
 }
@@ -142,6 +145,9 @@ pub async fn start_issuer(options: IssuerOptions) -> Option<IssuerHandle> {
     };
     if let Some(db) = &database {
         env.insert("TRIAS_ISSUER_DATABASE_URL".to_owned(), db.url.clone());
+    }
+    if let Some(url) = &options.auditor_url {
+        env.insert("TRIAS_ISSUER_AUDIT__AUDITOR_URL".to_owned(), url.clone());
     }
     let config = trias_issuer::IssuerConfig::load(None, &env).unwrap();
     let clock: Arc<dyn Clock> = options.clock.clone();

@@ -36,6 +36,8 @@ pub struct ValidatorOptions {
     pub unknown_kid_min_interval: Duration,
     pub cache_capacity: usize,
     pub introspection_clients: Vec<IntrospectionCaller>,
+    /// Ship the outbox to this auditor (`audit.auditor_url`).
+    pub auditor_url: Option<String>,
 }
 
 /// The introspection caller every harness validator knows, for audience `payments`.
@@ -56,6 +58,7 @@ impl Default for ValidatorOptions {
                 PAYMENTS_BACKEND.1.to_owned(),
                 "payments".to_owned(),
             )],
+            auditor_url: None,
         }
     }
 }
@@ -133,6 +136,9 @@ pub async fn start_validator(
     };
     if let Some(db) = &database {
         env.insert("DATABASE_URL", db.url.clone());
+    }
+    if let Some(url) = &options.auditor_url {
+        env.insert("AUDIT__AUDITOR_URL", url.clone());
     }
     let env = env
         .into_iter()

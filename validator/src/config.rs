@@ -83,6 +83,9 @@ pub struct AuditConfig {
     /// This producer's name in the audit log.
     #[serde(default = "default_producer")]
     pub producer: String,
+    /// The auditor's gRPC URL; when set, the outbox is shipped to it.
+    #[serde(default)]
+    pub auditor_url: Option<String>,
 }
 
 impl Default for AuditConfig {
@@ -91,6 +94,7 @@ impl Default for AuditConfig {
             outbox: None,
             strict: true,
             producer: default_producer(),
+            auditor_url: None,
         }
     }
 }
@@ -195,6 +199,10 @@ impl ValidatorConfig {
             {
                 return bad("database_url", "must start with sqlite: or postgres://");
             }
+        }
+        if let Some(url) = &self.audit.auditor_url {
+            trias_runtime::shipper::check_auditor_url(url)
+                .map_err(|e| ("audit.auditor_url".to_owned(), e))?;
         }
         for (i, client) in self.introspection_clients.iter().enumerate() {
             if client.client_id.is_empty() {

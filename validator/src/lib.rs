@@ -37,6 +37,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use trias_policy::Policy;
 use trias_runtime::clock::Clock;
 use trias_runtime::outbox::{Outbox, OutboxConfig};
+use trias_runtime::shipper::ShipperHandle;
 
 pub use config::ValidatorConfig;
 pub use error::Error;
@@ -102,6 +103,7 @@ pub async fn open(
         max_token_bytes: config.max_token_bytes,
         strict_audit: config.audit.strict,
         jwks_refresh: config.jwks_refresh,
+        auditor_url: config.audit.auditor_url.clone(),
     };
     Ok(Validator::new(validator::Parts {
         policy,
@@ -172,8 +174,9 @@ pub async fn shutdown_signal() {
 }
 
 /// Serves the gRPC API on `grpc` and introspection on `http` until `shutdown` completes,
-/// following the issuer's JWKS and revocation feed meanwhile; then drains in-flight requests
-/// and closes the outbox and the ledger.
+/// following the issuer's JWKS and revocation feed and shipping the audit outbox to the
+/// auditor (if one is configured) meanwhile; then drains in-flight requests, flushes the
+/// outbox (for a bounded time) and closes it and the ledger.
 pub async fn serve(
     validator: Validator,
     grpc: TcpListener,
@@ -221,11 +224,17 @@ pub async fn serve(
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped(stop_rx.clone()));
     let http_server = axum::serve(http, http::router(validator.clone()))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let shipper = ShipperHandle::start(
+        validator.outbox(),
+        validator.settings().auditor_url.as_deref(),
+    );
     let (grpc_result, http_result) = tokio::join!(grpc_server, http_server);
     key_refresher.abort();
     if let Some(feed) = feed {
         feed.abort();
     }
+    // No check is in flight any more: the shipper's final flush sees every decision.
+    shipper.stop().await;
     validator.outbox().close().await;
     validator.store().close().await;
     grpc_result.map_err(|e| StartError::Serve(format!("grpc: {e}")))?;

@@ -34,6 +34,8 @@ pub struct Settings {
     /// Refuse to answer when the outbox cannot record the decision.
     pub strict_audit: bool,
     pub jwks_refresh: Duration,
+    /// Where the audit outbox is shipped; `None` keeps events in the outbox.
+    pub auditor_url: Option<String>,
 }
 
 /// One question: may this token perform this action on this object, for this audience?
