@@ -442,11 +442,11 @@ async fn rederive(
                 entry.index
             )));
         }
-        if expected % SNAPSHOT_EVERY == 0 {
+        if expected.is_multiple_of(SNAPSHOT_EVERY) {
             snapshots.push(frontier.clone());
         }
         frontier.push(leaf_hash(&entry.leaf));
-        if frontier.size() % 1024 == 0 {
+        if frontier.size().is_multiple_of(1024) {
             bar.set_position(frontier.size());
         }
     }

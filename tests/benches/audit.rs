@@ -59,7 +59,6 @@ use trias_proto::v1 as pb;
 use trias_proto::v1::auditor_client::AuditorClient;
 use trias_runtime::clock::SystemClock;
 use trias_tests::Backend;
-use trias_tests::auditor::{AuditorOptions, start_auditor};
 
 const TARGET_EVENTS_PER_SEC: f64 = 20_000.0;
 const TARGET_QUERY_P99_US: u64 = 10_000;
@@ -155,8 +154,8 @@ fn token_id(i: u64) -> String {
 /// The synthetic event at log position `i`: an issuance (even) or a check of that token
 /// (odd), about one of [`SUBJECTS`] users, one millisecond after the previous one.
 fn synthetic(i: u64, base_nanos: i64) -> pb::AuditEvent {
-    let issued = i % 2 == 0;
-    let denied = mix(i ^ 0xd1ce) % 20 == 0;
+    let issued = i.is_multiple_of(2);
+    let denied = mix(i ^ 0xd1ce).is_multiple_of(20);
     let audiences = ["payments", "ledger", "reports", "treasury"];
     pb::AuditEvent {
         id: format!("evt-{:016x}-{i}", mix(i)),
@@ -689,8 +688,7 @@ async fn query_scenario(settings: &Settings) -> Value {
         report["events"] = json!(size);
         report["restore_seconds"] = json!(restore.as_secs_f64());
         println!(
-            "\n  {} ({}): {size} entries, {:.2} GB on disk, restored and checked in {:.2} s",
-            "queries and proofs",
+            "\n  queries and proofs ({}): {size} entries, {:.2} GB on disk, restored and checked in {:.2} s",
             if nodelay { "TCP_NODELAY" } else { "as served" },
             db_bytes as f64 / 1e9,
             restore.as_secs_f64()

@@ -19,6 +19,7 @@ macro_rules! both_backends {
     )+};
 }
 
+mod audit_crash;
 mod audit_pipeline;
 mod audit_verify;
 mod auditor;
