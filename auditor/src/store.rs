@@ -220,6 +220,24 @@ pub struct Store {
     backend: Backend,
 }
 
+/// Whether every migration of `migrator` is applied, with the same checksum, according to
+/// the database's own record; `false` when that record cannot be read.
+async fn up_to_date(pool: &AnyPool, migrator: &sqlx::migrate::Migrator) -> bool {
+    let applied: Vec<(i64, Vec<u8>)> =
+        match sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await
+        {
+            Ok(applied) => applied,
+            Err(_) => return false,
+        };
+    migrator.iter().all(|migration| {
+        applied.iter().any(|(version, checksum)| {
+            *version == migration.version && checksum.as_slice() == &*migration.checksum
+        })
+    })
+}
+
 impl Store {
     /// Opens (creating if needed) the database at `url` — `sqlite://path` or
     /// `postgres://…` — and runs its migrations.
@@ -260,10 +278,15 @@ impl Store {
             Backend::Sqlite => sqlx::migrate!("migrations/sqlite"),
             Backend::Postgres => sqlx::migrate!("migrations/postgres"),
         };
-        migrator
-            .run(&pool)
-            .await
-            .map_err(|e| StoreError::Database(e.into()))?;
+        // A PostgreSQL service role holding only the grants docs/configuration.md lists
+        // cannot create sqlx's bookkeeping table, so a database its owner has already
+        // migrated is used as it is.
+        if !(backend == Backend::Postgres && up_to_date(&pool, &migrator).await) {
+            migrator
+                .run(&pool)
+                .await
+                .map_err(|e| StoreError::Database(e.into()))?;
+        }
         Ok(Store { pool, backend })
     }
 

@@ -570,3 +570,77 @@ async fn invalid_batches_append_nothing(store: Store) {
     assert_eq!(auditor.store().entry_count().await.unwrap(), 0);
     assert_eq!(auditor.checkpoint().tree_size, 0);
 }
+
+/// On PostgreSQL the log is append-only twice over: the triggers refuse UPDATE, DELETE and
+/// TRUNCATE for everyone, and a service role holding only the grants docs/configuration.md
+/// lists can run the auditor — append, restore, query — but can neither change a row nor
+/// remove the guard, because it owns neither the tables nor the triggers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_grants_leave_the_service_role_only_appending() {
+    let Some((owner, place)) = open("postgres").await else {
+        return;
+    };
+    let url = place.database.as_ref().unwrap().url.clone();
+    let (server, database) = url.rsplit_once('/').unwrap();
+    let role = format!("{database}_service");
+    for statement in [
+        format!("CREATE ROLE {role} LOGIN"),
+        format!("GRANT CONNECT ON DATABASE {database} TO {role}"),
+        format!("GRANT USAGE ON SCHEMA public TO {role}"),
+        format!("GRANT SELECT, INSERT ON entries, nodes, checkpoints TO {role}"),
+        format!("GRANT SELECT, INSERT, UPDATE ON producers, detector_state TO {role}"),
+        format!("GRANT SELECT ON _sqlx_migrations TO {role}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(owner.pool())
+            .await
+            .unwrap();
+    }
+    let (scheme, rest) = server.split_once("://").unwrap();
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let service_url = format!("{scheme}://{role}@{host}/{database}");
+
+    // The service role runs the auditor: it opens the migrated log, appends and restarts.
+    let key = key();
+    let running = auditor(Store::open(&service_url).await.unwrap(), Arc::clone(&key)).await;
+    let events: Vec<_> = (1..=4)
+        .map(|i| event(&format!("g{i}"), "issuer", i, "alice"))
+        .collect();
+    running.append("issuer", events).await.unwrap();
+    running.close().await;
+    let restarted = auditor(Store::open(&service_url).await.unwrap(), Arc::clone(&key)).await;
+    assert_eq!(restarted.checkpoint().tree_size, 4);
+    restarted.close().await;
+
+    let service = Store::open(&service_url).await.unwrap();
+    for statement in [
+        "UPDATE entries SET subject = 'mallory'",
+        "DELETE FROM entries",
+        "TRUNCATE entries",
+        "UPDATE nodes SET hash = hash || hash",
+        "DELETE FROM checkpoints",
+        "DROP TRIGGER entries_append_only ON entries",
+        "ALTER TABLE entries DISABLE TRIGGER ALL",
+        "DROP TABLE checkpoints",
+    ] {
+        let error = sqlx::query(statement)
+            .execute(service.pool())
+            .await
+            .expect_err(statement)
+            .to_string();
+        assert!(
+            error.contains("permission denied") || error.contains("must be owner"),
+            "{statement}: {error}"
+        );
+    }
+    assert_eq!(owner.entry_count().await.unwrap(), 4);
+    service.close().await;
+
+    for statement in [format!("DROP OWNED BY {role}"), format!("DROP ROLE {role}")] {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(owner.pool())
+            .await
+            .unwrap();
+    }
+    place.clean_up(owner).await;
+}
