@@ -33,7 +33,6 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use trias_runtime::clock::Clock;
 
 pub use auditor::Auditor;
@@ -164,7 +163,7 @@ pub async fn serve(
     let result = tonic::transport::Server::builder()
         // Alert streams end on the stop signal, so they never hold up a graceful shutdown.
         .add_service(grpc::AuditorService::with_stop(auditor.clone(), stop_rx).into_server())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+        .serve_with_incoming_shutdown(trias_runtime::net::nodelay(grpc), async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         })
         .await;

@@ -48,17 +48,16 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
-use tonic::transport::server::TcpIncoming;
 use trias_auditor::AuditorConfig;
 use trias_auditor::auditor::leaf;
 use trias_auditor::checkpoint::{CheckpointBody, SigningKey};
-use trias_auditor::grpc::AuditorService;
 use trias_auditor::merkle::{Frontier, leaf_hash, verify_consistency, verify_inclusion};
 use trias_auditor::store::{Batch, Entry, Store, StoredCheckpoint, timestamp_of};
 use trias_proto::v1 as pb;
 use trias_proto::v1::auditor_client::AuditorClient;
 use trias_runtime::clock::SystemClock;
 use trias_tests::Backend;
+use trias_tests::bench::env_or;
 
 const TARGET_EVENTS_PER_SEC: f64 = 20_000.0;
 const TARGET_QUERY_P99_US: u64 = 10_000;
@@ -86,17 +85,6 @@ struct Settings {
     scenarios: Vec<String>,
     dir: Option<PathBuf>,
     output: PathBuf,
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(text) => text
-            .trim()
-            .replace('_', "")
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={text} is not a valid value")),
-        Err(_) => default,
-    }
 }
 
 impl Settings {
@@ -229,17 +217,8 @@ fn main() {
     if settings.scenarios.iter().any(|s| s == "append") {
         let mut appends = BTreeMap::new();
         for backend in [Backend::Sqlite, Backend::Postgres] {
-            for nodelay in [false, true] {
-                if let Some(result) = runtime.block_on(append_scenario(&settings, backend, nodelay))
-                {
-                    let name = format!("{backend:?}").to_lowercase();
-                    let name = if nodelay {
-                        format!("{name}_nodelay")
-                    } else {
-                        name
-                    };
-                    appends.insert(name, result);
-                }
+            if let Some(result) = runtime.block_on(append_scenario(&settings, backend)) {
+                appends.insert(format!("{backend:?}").to_lowercase(), result);
             }
         }
         report.insert("append".to_owned(), json!(appends));
@@ -260,7 +239,7 @@ fn main() {
 
 /// Concurrent producers append batches for the warm-up and the measured time; only batches
 /// that start and finish inside the measured window count.
-async fn append_scenario(settings: &Settings, backend: Backend, nodelay: bool) -> Option<Value> {
+async fn append_scenario(settings: &Settings, backend: Backend) -> Option<Value> {
     let dir = tempfile::tempdir().unwrap();
     let database = match backend {
         Backend::Sqlite => None,
@@ -270,10 +249,9 @@ async fn append_scenario(settings: &Settings, backend: Backend, nodelay: bool) -
         &dir.path().join("auditor"),
         database.as_ref().map(|db| db.url.as_str()),
     );
-    let running = start(&config, nodelay).await;
+    let running = start(&config).await;
     println!(
-        "\nappend ({backend:?}, {}): {} producers × batches of {}, {:.0} s measured after {:.0} s warm-up",
-        if nodelay { "TCP_NODELAY" } else { "as served" },
+        "\nappend ({backend:?}): {} producers × batches of {}, {:.0} s measured after {:.0} s warm-up",
         settings.streams,
         settings.batch,
         settings.measure.as_secs_f64(),
@@ -560,9 +538,7 @@ async fn write_batch(pool: &sqlx::AnyPool, batch: &Batch) {
     tx.commit().await.unwrap();
 }
 
-/// A running auditor: served either exactly as `trias_auditor::serve` does, or through the
-/// same gRPC service with TCP_NODELAY on accepted connections, to show what Nagle's
-/// algorithm costs each small response.
+/// A running auditor, served exactly as `trias_auditor::serve` does.
 struct Running {
     addr: std::net::SocketAddr,
     auditor: trias_auditor::Auditor,
@@ -583,7 +559,7 @@ impl Running {
     }
 }
 
-async fn start(config: &AuditorConfig, nodelay: bool) -> Running {
+async fn start(config: &AuditorConfig) -> Running {
     let auditor = trias_auditor::open(config, Arc::new(SystemClock))
         .await
         .unwrap();
@@ -595,21 +571,9 @@ async fn start(config: &AuditorConfig, nodelay: bool) -> Running {
         let shutdown = async {
             let _ = stopped.await;
         };
-        if nodelay {
-            tonic::transport::Server::builder()
-                .add_service(AuditorService::new(served.clone()).into_server())
-                .serve_with_incoming_shutdown(
-                    TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    shutdown,
-                )
-                .await
-                .unwrap();
-            served.close().await;
-        } else {
-            trias_auditor::serve(served, listener, shutdown)
-                .await
-                .unwrap();
-        }
+        trias_auditor::serve(served, listener, shutdown)
+            .await
+            .unwrap();
     });
     Running {
         addr,
@@ -670,33 +634,30 @@ async fn query_scenario(settings: &Settings) -> Value {
         "database_bytes": db_bytes,
         "target_query_p99_us": TARGET_QUERY_P99_US,
     });
-    for nodelay in [false, true] {
-        let opened = Instant::now();
-        let running = start(&config, nodelay).await;
-        let restore = opened.elapsed();
-        let mut client = running.client().await;
-        let checkpoint = client
-            .get_checkpoint(pb::GetCheckpointRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        let size = checkpoint.tree_size;
-        assert!(size >= POPULATE_BATCH, "the log has {size} entries");
-        if let Some(time) = populate_time {
-            report["populate_events_per_sec"] = json!(size as f64 / time.as_secs_f64());
-        }
-        report["events"] = json!(size);
-        report["restore_seconds"] = json!(restore.as_secs_f64());
-        println!(
-            "\n  queries and proofs ({}): {size} entries, {:.2} GB on disk, restored and checked in {:.2} s",
-            if nodelay { "TCP_NODELAY" } else { "as served" },
-            db_bytes as f64 / 1e9,
-            restore.as_secs_f64()
-        );
-        let results = measure(&mut client, &checkpoint, settings.samples as u64).await;
-        running.stop().await;
-        report[if nodelay { "nodelay" } else { "as_served" }] = results;
+    let opened = Instant::now();
+    let running = start(&config).await;
+    let restore = opened.elapsed();
+    let mut client = running.client().await;
+    let checkpoint = client
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let size = checkpoint.tree_size;
+    assert!(size >= POPULATE_BATCH, "the log has {size} entries");
+    if let Some(time) = populate_time {
+        report["populate_events_per_sec"] = json!(size as f64 / time.as_secs_f64());
     }
+    report["events"] = json!(size);
+    report["restore_seconds"] = json!(restore.as_secs_f64());
+    println!(
+        "\n  queries and proofs: {size} entries, {:.2} GB on disk, restored and checked in {:.2} s",
+        db_bytes as f64 / 1e9,
+        restore.as_secs_f64()
+    );
+    let results = measure(&mut client, &checkpoint, settings.samples as u64).await;
+    running.stop().await;
+    report["results"] = results;
     report
 }
 

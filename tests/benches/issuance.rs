@@ -13,7 +13,7 @@
 //! - `TRIAS_BENCH_CONCURRENCY` (64): requests in flight;
 //! - `TRIAS_BENCH_CHANNELS` (4): HTTP/2 connections the gRPC clients share;
 //! - `TRIAS_BENCH_SCENARIOS` (all): which of `grpc`, `http`, `refresh` and the diagnostics
-//!   `grpc-nodelay`, `http-nodelay`, `inprocess`, `reads`, `no-reads`, `outbox` to run,
+//!   `inprocess`, `reads`, `no-reads`, `outbox` to run,
 //!   comma-separated;
 //! - `TRIAS_BENCH_STAGES` (1): `0` skips the one-at-a-time stage timings;
 //! - `TRIAS_BENCH_SERVER_THREADS` / `TRIAS_BENCH_CLIENT_THREADS` (2 / 2): runtime workers;
@@ -26,17 +26,14 @@
     reason = "a benchmark binary fails loudly and reports on standard output"
 )]
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio::runtime::{Handle, Runtime};
+use tokio::runtime::Handle;
 use tonic::transport::Channel;
-use tonic::transport::server::TcpIncoming;
 use trias_issuer::issuer::{Issuer, TokenInput};
 use trias_issuer::keys::AccessClaims;
 use trias_policy::GrantType;
@@ -45,6 +42,7 @@ use trias_proto::v1::issuer_client::IssuerClient;
 use trias_runtime::clock::{Clock as _, unix_seconds};
 use trias_runtime::event::EventDraft;
 use trias_runtime::outbox::Outbox;
+use trias_tests::bench::{self, Call, Measured, ThreadGroups, env_or, ms, round};
 use trias_tests::{IssuerHandle, IssuerOptions, pkce_pair, start_issuer};
 
 /// The role and scopes every benchmark subject holds (from the sample policy).
@@ -55,15 +53,18 @@ const REDIRECT_URI: &str = "https://app.example/callback";
 /// The target this benchmark checks (over gRPC, on the 2-core reference machine).
 const TARGET_TOKENS_PER_SEC: f64 = 5_000.0;
 const TARGET_P99_US: u64 = 10_000;
-/// Linux reports per-thread CPU time in clock ticks of 1/100 s on every common platform.
-const CLOCK_TICKS_PER_SEC: f64 = 100.0;
+/// The report's groups of threads: the issuer's runtime, the SQLite worker threads (sqlx runs
+/// each SQLite connection on its own thread), the load generator; the rest are `other`.
+const GROUPS: &ThreadGroups = &[
+    ("issuer-rt", "issuer"),
+    ("bench-client", "load"),
+    ("sqlx-sqlite", "sqlite"),
+];
 /// Every scenario, in the order they run by default.
 const SCENARIOS: &[&str] = &[
     "grpc",
     "http",
     "refresh",
-    "grpc-nodelay",
-    "http-nodelay",
     "inprocess",
     "reads",
     "no-reads",
@@ -84,47 +85,18 @@ struct Settings {
     output: PathBuf,
 }
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={text} is not a valid value")),
-        Err(_) => default,
-    }
-}
-
 impl Settings {
     fn from_env() -> Settings {
-        let scenarios = std::env::var("TRIAS_BENCH_SCENARIOS")
-            .unwrap_or_else(|_| SCENARIOS.join(","))
-            .split(',')
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
-            .collect::<Vec<_>>();
-        for name in &scenarios {
-            assert!(
-                SCENARIOS.contains(&name.as_str()),
-                "unknown scenario {name} in TRIAS_BENCH_SCENARIOS"
-            );
-        }
-        // Benchmarks run with the package directory as the working directory; the report goes
-        // to the workspace's target directory unless told otherwise.
-        let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
-            PathBuf::from,
-        );
         Settings {
             measure: Duration::from_secs_f64(env_or("TRIAS_BENCH_SECONDS", 10.0)),
             warmup: Duration::from_secs_f64(env_or("TRIAS_BENCH_WARMUP", 2.0)),
             concurrency: env_or("TRIAS_BENCH_CONCURRENCY", 64usize).max(1),
             channels: env_or("TRIAS_BENCH_CHANNELS", 4usize).max(1),
-            scenarios,
+            scenarios: bench::scenarios_from_env("TRIAS_BENCH_SCENARIOS", SCENARIOS),
             stages: env_or("TRIAS_BENCH_STAGES", 1u8) != 0,
             server_threads: env_or("TRIAS_BENCH_SERVER_THREADS", 2usize).max(1),
             client_threads: env_or("TRIAS_BENCH_CLIENT_THREADS", 2usize).max(1),
-            output: std::env::var_os("TRIAS_BENCH_OUTPUT")
-                .map_or_else(|| target.join("bench-issuance.json"), PathBuf::from),
+            output: bench::report_path("bench-issuance.json"),
         }
     }
 }
@@ -195,7 +167,7 @@ enum Worker {
     },
 }
 
-impl Worker {
+impl Call for Worker {
     async fn call(&mut self) -> Result<(), String> {
         match self {
             Worker::Grpc { client, request } => {
@@ -353,236 +325,58 @@ async fn start_refresh_chain(
     Ok(token.refresh_token)
 }
 
-/// When a worker's results count.
-#[derive(Debug, Clone, Copy)]
-struct Window {
-    measure_from: Instant,
-    end: Instant,
-}
-
-#[derive(Debug)]
-struct WorkerResult {
-    latencies_us: Histogram<u64>,
-    errors: u64,
-    first_error: Option<String>,
-}
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap()
-}
-
-/// The closed loop: requests that start in the measurement window and finish before its end
-/// are measured; an error in any phase counts.
-async fn run_worker(mut worker: Worker, window: Window) -> WorkerResult {
-    let mut result = WorkerResult {
-        latencies_us: histogram(),
-        errors: 0,
-        first_error: None,
-    };
-    loop {
-        let started = Instant::now();
-        if started >= window.end {
-            break;
-        }
-        let outcome = worker.call().await;
-        let finished = Instant::now();
-        match outcome {
-            Ok(()) => {
-                if started >= window.measure_from && finished <= window.end {
-                    let us = u64::try_from((finished - started).as_micros()).unwrap_or(u64::MAX);
-                    result.latencies_us.saturating_record(us.max(1));
-                }
-            }
-            Err(error) => {
-                result.errors += 1;
-                result.first_error.get_or_insert(error);
-            }
-        }
-    }
-    result
-}
-
-/// What one thread has used so far.
-#[derive(Debug, Clone)]
-struct ThreadSample {
-    name: String,
-    /// User plus system CPU time, in clock ticks.
-    ticks: u64,
-    /// Voluntary plus involuntary context switches.
-    switches: u64,
-}
-
-/// Every thread of this process, by thread id.
-fn thread_samples() -> BTreeMap<u32, ThreadSample> {
-    let mut samples = BTreeMap::new();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return samples;
-    };
-    for task in tasks.flatten() {
-        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
-            continue;
-        };
-        // `tid (comm) state ppid …`: the name may hold spaces, so split after the last ')'.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let name = stat[open + 1..close].to_owned();
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let field = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
-        let switches = status
-            .lines()
-            .filter(|l| l.contains("ctxt_switches:"))
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .sum();
-        samples.insert(
-            tid,
-            ThreadSample {
-                name,
-                // utime and stime are the 14th and 15th fields; the 3rd (state) is index 0 here.
-                ticks: field(11) + field(12),
-                switches,
-            },
-        );
-    }
-    samples
-}
-
-/// Busy (non-idle, non-iowait) CPU ticks of the whole machine, from `/proc/stat`.
-fn machine_busy_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
-        return 0;
-    };
-    let fields: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal …: everything but idle and iowait.
-    fields
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != 3 && *i != 4)
-        .map(|(_, v)| v)
-        .sum()
-}
-
-/// What a group of threads used during a window.
-#[derive(Debug, Clone, Copy, Default)]
-struct Usage {
-    /// CPU seconds per second of wall time.
-    cores: f64,
-    /// Context switches per second.
-    switches_per_sec: f64,
-}
-
-/// Usage grouped by what the threads do: the issuer's runtime, the SQLite worker threads
-/// (sqlx runs each SQLite connection on its own thread), the load generator, the rest.
-fn usage_split(
-    before: &BTreeMap<u32, ThreadSample>,
-    after: &BTreeMap<u32, ThreadSample>,
-    wall: Duration,
-) -> BTreeMap<&'static str, Usage> {
-    let mut split: BTreeMap<&'static str, Usage> = BTreeMap::new();
-    for (tid, sample) in after {
-        let (ticks, switches) = before.get(tid).map_or((0, 0), |b| (b.ticks, b.switches));
-        let group = if sample.name.starts_with("issuer-rt") {
-            "issuer"
-        } else if sample.name.starts_with("bench-client") {
-            "load"
-        } else if sample.name.starts_with("sqlx-sqlite") {
-            "sqlite"
-        } else {
-            "other"
-        };
-        let usage = split.entry(group).or_default();
-        usage.cores +=
-            sample.ticks.saturating_sub(ticks) as f64 / CLOCK_TICKS_PER_SEC / wall.as_secs_f64();
-        usage.switches_per_sec +=
-            sample.switches.saturating_sub(switches) as f64 / wall.as_secs_f64();
-    }
-    split
-}
-
 /// One scenario's figures.
 #[derive(Debug)]
 struct Report {
     name: String,
     description: String,
-    completed: u64,
-    tokens_per_sec: f64,
-    latencies_us: Histogram<u64>,
-    errors: u64,
-    first_error: Option<String>,
-    commits: u64,
-    commits_per_sec: f64,
-    usage: BTreeMap<&'static str, Usage>,
-    /// CPU cores busy outside this process during the window (other programs, the kernel's
-    /// own threads): noise the figures should be read against.
-    foreign_cores: f64,
+    measured: Measured,
 }
 
 impl Report {
+    fn tokens_per_sec(&self) -> f64 {
+        self.measured.per_sec()
+    }
+
+    fn latencies_us(&self) -> &Histogram<u64> {
+        &self.measured.result.latencies_us
+    }
+
+    fn errors(&self) -> u64 {
+        self.measured.result.errors
+    }
+
+    fn commits_per_sec(&self) -> f64 {
+        self.measured.commits as f64 / self.measured.seconds
+    }
+
     fn json(&self) -> Value {
-        let h = &self.latencies_us;
+        let m = &self.measured;
+        let per_sec = self.tokens_per_sec();
         json!({
             "name": self.name,
             "description": self.description,
-            "completed": self.completed,
-            "tokens_per_sec": round(self.tokens_per_sec, 1),
-            "latency_us": {
-                "p50": h.value_at_quantile(0.5),
-                "p99": h.value_at_quantile(0.99),
-                "p99_9": h.value_at_quantile(0.999),
-                "max": h.max(),
-                "mean": round(h.mean(), 1),
-            },
-            "errors": self.errors,
-            "first_error": self.first_error,
-            "outbox_commits": self.commits,
-            "outbox_commits_per_sec": round(self.commits_per_sec, 1),
+            "completed": m.result.latencies_us.len(),
+            "tokens_per_sec": round(per_sec, 1),
+            "latency_us": bench::latency_json(&m.result.latencies_us),
+            "errors": m.result.errors,
+            "first_error": m.result.first_error,
+            "outbox_commits": m.commits,
+            "outbox_commits_per_sec": round(self.commits_per_sec(), 1),
             "events_per_commit": self.events_per_commit().map(|e| round(e, 2)),
-            "cpu_cores": self.usage.iter().map(|(k, u)| (k.to_string(), json!(round(u.cores, 2)))).collect::<serde_json::Map<_, _>>(),
-            "cpu_us_per_op": round(self.cpu_us_per_op(), 1),
-            "machine_cores_busy_outside_benchmark": round(self.foreign_cores, 2),
-            "context_switches_per_op": round(self.switches_per_op(), 2),
+            "cpu_cores": m.cpu.cores_json(),
+            "cpu_us_per_op": round(m.cpu.us_per_op(per_sec), 1),
+            "machine_cores_busy_outside_benchmark": round(m.cpu.foreign_cores, 2),
+            "context_switches_per_op": round(m.cpu.switches_per_op(per_sec), 2),
         })
     }
 
     /// Operations per outbox commit; every measured operation records one event, except
     /// the reads-only diagnostic, which records none.
     fn events_per_commit(&self) -> Option<f64> {
-        (self.commits > 0).then(|| self.completed as f64 / self.commits as f64)
+        let m = &self.measured;
+        (m.commits > 0).then(|| m.result.latencies_us.len() as f64 / m.commits as f64)
     }
-
-    fn cores(&self, group: &str) -> f64 {
-        self.usage.get(group).map_or(0.0, |u| u.cores)
-    }
-
-    /// CPU time the whole process spent per completed operation, load generator included.
-    fn cpu_us_per_op(&self) -> f64 {
-        let cores: f64 = self.usage.values().map(|u| u.cores).sum();
-        cores * 1e6 / self.tokens_per_sec.max(1.0)
-    }
-
-    fn switches_per_op(&self) -> f64 {
-        let switches: f64 = self.usage.values().map(|u| u.switches_per_sec).sum();
-        switches / self.tokens_per_sec.max(1.0)
-    }
-}
-
-fn round(value: f64, places: i32) -> f64 {
-    let scale = 10f64.powi(places);
-    (value * scale).round() / scale
 }
 
 /// Runs `workers` on `runtime` for warm-up plus the measured window.
@@ -594,89 +388,28 @@ async fn drive(
     workers: Vec<Worker>,
     settings: &Settings,
 ) -> Report {
-    let start = Instant::now();
-    let window = Window {
-        measure_from: start + settings.warmup,
-        end: start + settings.warmup + settings.measure,
-    };
-    let tasks: Vec<_> = workers
-        .into_iter()
-        .map(|worker| runtime.spawn(run_worker(worker, window)))
-        .collect();
-    tokio::time::sleep_until(window.measure_from.into()).await;
-    let (commits_before, threads_before, busy_before) =
-        (outbox.commits(), thread_samples(), machine_busy_ticks());
-    tokio::time::sleep_until(window.end.into()).await;
-    let (commits_after, threads_after, busy_after) =
-        (outbox.commits(), thread_samples(), machine_busy_ticks());
-    let mut latencies_us = histogram();
-    let (mut errors, mut first_error) = (0, None);
-    for task in tasks {
-        let result = task.await.unwrap();
-        latencies_us.add(&result.latencies_us).unwrap();
-        errors += result.errors;
-        if first_error.is_none() {
-            first_error = result.first_error;
-        }
-    }
-    let completed = latencies_us.len();
-    let seconds = settings.measure.as_secs_f64();
-    let commits = commits_after - commits_before;
-    let mut report = Report {
+    let measured = bench::closed_loop(
+        runtime,
+        workers,
+        settings.warmup,
+        settings.measure,
+        outbox,
+        GROUPS,
+    )
+    .await;
+    Report {
         name: name.to_owned(),
         description: description.to_owned(),
-        completed,
-        tokens_per_sec: completed as f64 / seconds,
-        latencies_us,
-        errors,
-        first_error,
-        commits,
-        commits_per_sec: commits as f64 / seconds,
-        usage: usage_split(&threads_before, &threads_after, settings.measure),
-        foreign_cores: 0.0,
-    };
-    let ours: f64 = report.usage.values().map(|u| u.cores).sum();
-    let busy = busy_after.saturating_sub(busy_before) as f64 / CLOCK_TICKS_PER_SEC / seconds;
-    report.foreign_cores = (busy - ours).max(0.0);
-    report
+        measured,
+    }
 }
 
-/// Where the scenarios send their requests.
+/// Where the scenarios send their requests: the issuer's own listeners, as
+/// `trias_issuer::serve` runs them.
 #[derive(Debug, Clone, Copy)]
 struct Targets {
-    /// The issuer's own listeners, as `trias_issuer::serve` runs them.
     grpc: SocketAddr,
     http: SocketAddr,
-    /// The same issuer's gRPC service and HTTP router served again with `TCP_NODELAY` on
-    /// accepted connections, to measure what Nagle's algorithm costs the issuer's listeners.
-    nodelay: Option<(SocketAddr, SocketAddr)>,
-}
-
-/// Serves the issuer's own gRPC service and HTTP router on new listeners that set
-/// `TCP_NODELAY` on every accepted connection (`serve_with_incoming_shutdown` over a
-/// `TcpListenerStream` does not, and neither does `axum::serve` by default).
-async fn serve_nodelay(issuer: &Issuer) -> (SocketAddr, SocketAddr) {
-    use axum::serve::ListenerExt as _;
-    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addrs = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
-    // The side servers run until the process ends; the sender lives as long as the server.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let service = trias_issuer::grpc::IssuerService::new(issuer.clone(), stop_rx).into_server();
-    tokio::spawn(async move {
-        let _stop = stop_tx;
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(TcpIncoming::from(grpc).with_nodelay(Some(true)))
-            .await
-            .unwrap();
-    });
-    let router = trias_issuer::http::router(issuer.clone());
-    let http = http.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    tokio::spawn(async move { axum::serve(http, router).await.unwrap() });
-    addrs
 }
 
 async fn grpc_clients(addr: SocketAddr, settings: &Settings) -> Vec<IssuerClient<Channel>> {
@@ -708,15 +441,8 @@ async fn run_scenario(
     let c = settings.concurrency;
     let outbox = handle.issuer.outbox();
     match name {
-        "grpc" | "grpc-nodelay" => {
-            let (addr, listener) = match name {
-                "grpc" => (targets.grpc, "the issuer's listener"),
-                _ => (
-                    targets.nodelay.unwrap().0,
-                    "a TCP_NODELAY listener serving the same issuer",
-                ),
-            };
-            let workers = grpc_clients(addr, settings)
+        "grpc" => {
+            let workers = grpc_clients(targets.grpc, settings)
                 .await
                 .into_iter()
                 .map(|client| Worker::Grpc {
@@ -725,19 +451,12 @@ async fn run_scenario(
                 })
                 .collect();
             let description = format!(
-                "client_credentials over gRPC, {c} in flight on {} HTTP/2 connections to {listener}",
+                "client_credentials over gRPC, {c} in flight on {} HTTP/2 connections",
                 settings.channels
             );
             drive(name, &description, client, outbox, workers, settings).await
         }
-        "http" | "http-nodelay" => {
-            let (addr, listener) = match name {
-                "http" => (targets.http, "the issuer's listener"),
-                _ => (
-                    targets.nodelay.unwrap().1,
-                    "a TCP_NODELAY listener serving the same issuer",
-                ),
-            };
+        "http" => {
             // HTTP/1.1 (the issuer's HTTP endpoints speak only HTTP/1.1): one keep-alive
             // connection per request in flight.
             let http = reqwest::Client::builder()
@@ -745,7 +464,7 @@ async fn run_scenario(
                 .pool_max_idle_per_host(c)
                 .build()
                 .unwrap();
-            let url = format!("http://{addr}/oauth2/token");
+            let url = format!("http://{}/oauth2/token", targets.http);
             let workers = (0..c)
                 .map(|_| Worker::Http {
                     client: http.clone(),
@@ -754,7 +473,7 @@ async fn run_scenario(
                 })
                 .collect();
             let description = format!(
-                "client_credentials, POST /oauth2/token (HTTP/1.1 keep-alive), {c} in flight, to {listener}"
+                "client_credentials, POST /oauth2/token (HTTP/1.1 keep-alive), {c} in flight"
             );
             drive(name, &description, client, outbox, workers, settings).await
         }
@@ -1008,26 +727,13 @@ async fn stages(handle: &IssuerHandle, fixture: &Fixture) -> Vec<Stage> {
     out
 }
 
-fn runtime(name: &str, threads: usize) -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name(name)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn ms(us: u64) -> String {
-    format!("{:.2}", us as f64 / 1000.0)
-}
-
 fn main() {
     let settings = Settings::from_env();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     // The issuer runs on its own runtime, as it would in its own process; the load generator
     // runs on another. Both share the machine's cores.
-    let server = runtime("issuer-rt", settings.server_threads);
-    let client = runtime("bench-client", settings.client_threads);
+    let server = bench::runtime("issuer-rt", settings.server_threads);
+    let client = bench::runtime("bench-client", settings.client_threads);
 
     let (handle, fixture) = server.block_on(async {
         let handle = start_issuer(IssuerOptions::default())
@@ -1071,11 +777,6 @@ fn main() {
     let targets = Targets {
         grpc: handle.grpc_addr,
         http: handle.http_addr,
-        nodelay: settings
-            .scenarios
-            .iter()
-            .any(|s| s.ends_with("-nodelay"))
-            .then(|| server.block_on(serve_nodelay(&handle.issuer))),
     };
     let mut reports = Vec::new();
     for name in &settings.scenarios {
@@ -1088,16 +789,16 @@ fn main() {
             client.handle(),
             &settings,
         ));
-        let h = &report.latencies_us;
+        let h = report.latencies_us();
         println!(
             "  {:<13} {:>9.0} tokens/s  p50 {:>6} ms  p99 {:>6} ms  p99.9 {:>6} ms  errors {}  commits/s {:.0}",
             report.name,
-            report.tokens_per_sec,
+            report.tokens_per_sec(),
             ms(h.value_at_quantile(0.5)),
             ms(h.value_at_quantile(0.99)),
             ms(h.value_at_quantile(0.999)),
-            report.errors,
-            report.commits_per_sec,
+            report.errors(),
+            report.commits_per_sec(),
         );
         reports.push(report);
     }
@@ -1123,24 +824,24 @@ fn main() {
         "csw/op",
     );
     for r in &reports {
-        let h = &r.latencies_us;
+        let h = r.latencies_us();
         println!(
             "{:<13} {:>9.0} {:>7} {:>7} {:>8} {:>6} {:>9.0} {:>9} {:>8.0} {:>8.1}   {:.2} / {:.2} / {:.2} / {:.2}",
             r.name,
-            r.tokens_per_sec,
+            r.tokens_per_sec(),
             ms(h.value_at_quantile(0.5)),
             ms(h.value_at_quantile(0.99)),
             ms(h.value_at_quantile(0.999)),
-            r.errors,
-            r.commits_per_sec,
+            r.errors(),
+            r.commits_per_sec(),
             r.events_per_commit()
                 .map_or_else(|| "-".to_owned(), |e| format!("{e:.1}")),
-            r.cpu_us_per_op(),
-            r.switches_per_op(),
-            r.cores("issuer"),
-            r.cores("sqlite"),
-            r.cores("load"),
-            r.foreign_cores,
+            r.measured.cpu.us_per_op(r.tokens_per_sec()),
+            r.measured.cpu.switches_per_op(r.tokens_per_sec()),
+            r.measured.cpu.cores("issuer"),
+            r.measured.cpu.cores("sqlite"),
+            r.measured.cpu.cores("load"),
+            r.measured.cpu.foreign_cores,
         );
     }
     println!(
@@ -1149,13 +850,13 @@ fn main() {
     );
     for r in &reports {
         println!("  {}: {}", r.name, r.description);
-        if let Some(error) = &r.first_error {
+        if let Some(error) = &r.measured.result.first_error {
             println!("  {}: first error: {error}", r.name);
         }
     }
     let noisy: Vec<&str> = reports
         .iter()
-        .filter(|r| r.foreign_cores > 0.25)
+        .filter(|r| r.measured.cpu.foreign_cores > 0.25)
         .map(|r| r.name.as_str())
         .collect();
     if !noisy.is_empty() {
@@ -1182,9 +883,9 @@ fn main() {
 
     let grpc = reports.iter().find(|r| r.name == "grpc");
     let target_met = grpc.map(|r| {
-        r.errors == 0
-            && r.tokens_per_sec >= TARGET_TOKENS_PER_SEC
-            && r.latencies_us.value_at_quantile(0.99) < TARGET_P99_US
+        r.errors() == 0
+            && r.tokens_per_sec() >= TARGET_TOKENS_PER_SEC
+            && r.latencies_us().value_at_quantile(0.99) < TARGET_P99_US
     });
     println!();
     match target_met {
@@ -1220,18 +921,11 @@ fn main() {
         "scenarios": reports.iter().map(Report::json).collect::<Vec<_>>(),
         "stages": stage_results.iter().map(Stage::json).collect::<Vec<_>>(),
     });
-    if let Some(dir) = settings.output.parent() {
-        std::fs::create_dir_all(dir).unwrap();
-    }
-    std::fs::write(
-        &settings.output,
-        serde_json::to_string_pretty(&report).unwrap() + "\n",
-    )
-    .unwrap();
+    bench::write_report(&settings.output, &report);
     println!("report written to {}", settings.output.display());
 
     server.block_on(handle.stop());
-    let errors: u64 = reports.iter().map(|r| r.errors).sum();
+    let errors: u64 = reports.iter().map(Report::errors).sum();
     if errors > 0 {
         eprintln!("{errors} requests failed");
         std::process::exit(1);

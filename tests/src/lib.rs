@@ -9,6 +9,7 @@
 )]
 
 pub mod auditor;
+pub mod bench;
 pub mod validator;
 
 use std::net::SocketAddr;

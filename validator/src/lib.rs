@@ -33,7 +33,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use trias_policy::Policy;
 use trias_runtime::clock::Clock;
 use trias_runtime::outbox::{Outbox, OutboxConfig};
@@ -221,7 +220,10 @@ pub async fn serve(
 
     let grpc_server = tonic::transport::Server::builder()
         .add_service(grpc::ValidatorService::new(validator.clone()).into_server())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(trias_runtime::net::nodelay(grpc), stopped(stop_rx.clone()));
+    let http = axum::serve::ListenerExt::tap_io(http, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let http_server = axum::serve(http, http::router(validator.clone()))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let shipper = ShipperHandle::start(
