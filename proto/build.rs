@@ -12,6 +12,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let descriptors = protox::compile(files, ["."])?;
     tonic_prost_build::configure()
+        // Maps as BTreeMap: encoding then follows key order, so an event re-encoded anywhere
+        // gives the same bytes (an audit leaf is an event's encoding).
+        .btree_map(".")
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;

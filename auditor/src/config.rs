@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use trias_runtime::config::ConfigError;
 use trias_runtime::secret::Secret;
+use trias_runtime::tls::TlsFiles;
 
 use crate::checkpoint::valid_key_name;
 use crate::detect::{self, DetectConfig};
@@ -37,6 +38,13 @@ pub struct AuditorConfig {
     /// The detectors' settings.
     #[serde(default)]
     pub detectors: DetectConfig,
+    /// Mutual TLS for every gRPC connection, served and made (required unless
+    /// `dev_plaintext`): the CA, this service's certificate and its owner-only key.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// gRPC in plain text, without peer identities: for development only (logs a warning).
+    #[serde(default)]
+    pub dev_plaintext: bool,
     /// Log as JSON lines.
     #[serde(default)]
     pub log_json: bool,

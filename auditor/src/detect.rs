@@ -17,6 +17,7 @@
 //! | `wrong_audience` | a check denied `wrong_audience` (a token presented to a service it was not minted for) |
 //! | `producer_sequence_gap` | a producer's sequence number skipping ahead of the last one logged |
 //! | `denial_burst` | `denial_burst_count` denials for one subject or one client within `denial_burst_window` |
+//! | `access_refused` | raised by the auditor itself, not a detector: a caller refused for its identity or credentials (an append from the wrong peer, a query without `audit:read`) |
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
@@ -73,6 +74,8 @@ pub enum Detector {
     WrongAudience,
     ProducerSequenceGap,
     DenialBurst,
+    /// Not a detector over the stream: the auditor refused a caller (see [`Alert::refused`]).
+    AccessRefused,
 }
 
 impl Detector {
@@ -94,6 +97,7 @@ impl Detector {
             Detector::WrongAudience => "wrong_audience",
             Detector::ProducerSequenceGap => "producer_sequence_gap",
             Detector::DenialBurst => "denial_burst",
+            Detector::AccessRefused => "access_refused",
         }
     }
 }
@@ -130,6 +134,19 @@ impl Alert {
             attributes: BTreeMap::new(),
         }
         .evidence([(index, event.id.as_str())])
+    }
+
+    /// The auditor refused `caller` (a peer identity, or `unauthenticated`) the operation
+    /// `rpc`, for `why`; `subject` is the token's subject when a token was presented.
+    pub fn refused(caller: &str, rpc: &str, why: &str, subject: &str) -> Alert {
+        let mut alert = Alert::bare(Detector::AccessRefused)
+            .with("caller", caller)
+            .with("rpc", rpc)
+            .with("why", why);
+        alert.subject = subject.to_owned();
+        alert.audience = "auditor".to_owned();
+        alert.action = rpc.to_owned();
+        alert
     }
 
     fn bare(detector: Detector) -> Alert {

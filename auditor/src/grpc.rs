@@ -1,8 +1,8 @@
 //! The auditor's gRPC API (`trias.v1.Auditor`): a thin mapping onto [`Auditor`].
 //!
-//! Until services authenticate with mTLS (issue 5), an append's producer is the request's
-//! `producer` field, checked against the configured list; queries are not yet behind an
-//! `audit:read` token. `WatchAlerts` replays logged alerts, then follows new ones until the
+//! Under mTLS a producer appends only as the identity its name gives
+//! (`spiffe://trias/<producer>`), and only if it is a configured producer; a refused caller
+//! leaves an `access_refused` alert in the log. `WatchAlerts` replays logged alerts, then follows new ones until the
 //! caller goes away or the server stops.
 
 use std::pin::Pin;
@@ -13,11 +13,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use trias_proto::v1 as pb;
 use trias_proto::v1::auditor_server::{self, Auditor as AuditorApi};
+use trias_runtime::tls::{Caller, identity_of};
 
 use crate::auditor::{
     Auditor, DEFAULT_PAGE_SIZE, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, MAX_PAGE_SIZE,
     checkpoint_message,
 };
+use crate::detect::Alert;
 use crate::error::Error;
 use crate::store::{Filter, Order, unix_nanos};
 
@@ -54,6 +56,19 @@ impl AuditorService {
         // A full batch of maximal events must reach the validation that refuses it by name.
         let max = MAX_BATCH_EVENTS * (MAX_EVENT_BYTES + 1024);
         auditor_server::AuditorServer::new(self).max_decoding_message_size(max)
+    }
+}
+
+impl AuditorService {
+    /// Logs an `access_refused` alert for `caller` and returns the PERMISSION_DENIED to
+    /// answer with; if the alert cannot be logged the caller is refused all the same.
+    async fn refuse(&self, caller: &str, rpc: &str, why: &str, subject: &str) -> Status {
+        let alert = Alert::refused(caller, rpc, why, subject);
+        if let Err(error) = self.auditor.sequencer().raise(alert).await {
+            tracing::error!(%error, caller, rpc, "could not log a refused call");
+        }
+        tracing::warn!(caller, rpc, why, "call refused");
+        Error::PermissionDenied(why.to_owned()).into()
     }
 }
 
@@ -120,7 +135,17 @@ impl AuditorApi for AuditorService {
         &self,
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
+        let caller = Caller::of(self.auditor.transport(), &request)?;
         let request = request.into_inner();
+        // Under mTLS a configured producer appends only as itself: `issuer` from
+        // spiffe://trias/issuer. (An unknown producer is refused below, whoever asks.)
+        if let Caller::Authenticated(id) = &caller
+            && self.auditor.is_producer(&request.producer)
+            && *id != identity_of(&request.producer)
+        {
+            let why = format!("{id} may not append as producer {:?}", request.producer);
+            return Err(self.refuse(id, "Append", &why, "").await);
+        }
         let ids: Vec<String> = request.events.iter().map(|e| e.id.clone()).collect();
         let appended = self
             .auditor

@@ -50,6 +50,8 @@ pub enum StartError {
     Store(#[from] store::StoreError),
     #[error("audit log: {0}")]
     Restore(#[from] sequencer::RestoreError),
+    #[error("{0}")]
+    Tls(#[from] trias_runtime::tls::TlsError),
     #[error("server: {0}")]
     Serve(String),
 }
@@ -58,6 +60,11 @@ pub enum StartError {
 /// the database (migrated), and the sequencer, after checking the stored tree against the
 /// last signed checkpoint.
 pub async fn open(config: &AuditorConfig, clock: Arc<dyn Clock>) -> Result<Auditor, StartError> {
+    let transport = trias_runtime::tls::Transport::from_config(
+        config.tls.as_ref(),
+        config.dev_plaintext,
+        "auditor",
+    )?;
     create_private_dir(&config.data_dir)?;
     let key = Arc::new(checkpoint::SigningKey::load_or_create(
         &config.key_path(),
@@ -73,12 +80,10 @@ pub async fn open(config: &AuditorConfig, clock: Arc<dyn Clock>) -> Result<Audit
         sequencer::Sequencer::start_with(store.clone(), key, clock, config.detectors.clone())
             .await?;
     tracing::info!(verifier = %verifier, "checkpoints are signed by this key");
-    Ok(Auditor::new(
-        store,
-        sequencer,
-        verifier,
-        config.producers.iter().cloned(),
-    ))
+    Ok(
+        Auditor::new(store, sequencer, verifier, config.producers.iter().cloned())
+            .with_transport(transport),
+    )
 }
 
 /// Creates the data directory readable by its owner only: it holds the checkpoint key.
@@ -160,7 +165,9 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
     let mut stopped = stop_rx.clone();
-    let result = tonic::transport::Server::builder()
+    let result = auditor
+        .transport()
+        .server()?
         // Alert streams end on the stop signal, so they never hold up a graceful shutdown.
         .add_service(grpc::AuditorService::with_stop(auditor.clone(), stop_rx).into_server())
         .serve_with_incoming_shutdown(trias_runtime::net::nodelay(grpc), async move {

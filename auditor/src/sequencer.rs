@@ -62,6 +62,11 @@ enum Request {
         events: Vec<Pending>,
         reply: oneshot::Sender<Result<Appended, Error>>,
     },
+    /// An alert the auditor raises itself (a refused caller), logged like a detector's.
+    Raise {
+        alert: detect::Alert,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
     Close,
 }
 
@@ -81,6 +86,7 @@ impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Request::Append { events, .. } => write!(f, "Append({} events)", events.len()),
+            Request::Raise { alert, .. } => write!(f, "Raise({})", alert.detector.name()),
             Request::Close => f.write_str("Close"),
         }
     }
@@ -310,6 +316,16 @@ impl Sequencer {
         answer.await.map_err(|_| Error::Unavailable)?
     }
 
+    /// Logs an alert the auditor raises itself, returning once it is durable.
+    pub async fn raise(&self, alert: detect::Alert) -> Result<(), Error> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Raise { alert, reply })
+            .await
+            .map_err(|_| Error::Unavailable)?;
+        answer.await.map_err(|_| Error::Unavailable)?
+    }
+
     /// The latest signed checkpoint.
     pub fn latest(&self) -> Arc<StoredCheckpoint> {
         Arc::clone(&self.latest.borrow())
@@ -370,7 +386,8 @@ impl Writer {
                     _ = tick.tick() => {
                         self.detectors.prune();
                         if self.detectors.has_due(now_nanos(self.clock.as_ref())) {
-                            self.commit_group(Vec::new()).await;
+                            // A failed commit is logged and retried on the next tick.
+                            let _ = self.commit_group(Vec::new(), Vec::new()).await;
                         }
                         continue;
                     }
@@ -393,7 +410,12 @@ impl Writer {
                             Err(_) => break,
                         }
                     }
-                    self.commit_group(group).await;
+                    // Every waiter has been answered, failure included.
+                    let _ = self.commit_group(group, Vec::new()).await;
+                }
+                Request::Raise { alert, reply } => {
+                    let committed = self.commit_group(Vec::new(), vec![alert]).await;
+                    let _ = reply.send(committed);
                 }
                 // Refuse new requests but keep receiving the ones already queued.
                 Request::Close => queue.close(),
@@ -401,7 +423,13 @@ impl Writer {
         }
     }
 
-    async fn commit_group(&mut self, group: Vec<Waiter>) {
+    /// Logs a group of appends and the alerts `raised` by the auditor itself, with the
+    /// detectors' alerts, in one transaction; says whether the commit succeeded.
+    async fn commit_group(
+        &mut self,
+        group: Vec<Waiter>,
+        raised: Vec<detect::Alert>,
+    ) -> Result<(), Error> {
         let ids: Vec<&str> = group
             .iter()
             .flat_map(|(events, _)| events.iter().map(|(e, _)| e.id.as_str()))
@@ -413,7 +441,7 @@ impl Writer {
                 for (_, reply) in group {
                     let _ = reply.send(Err(error.clone()));
                 }
-                return;
+                return Err(error);
             }
         };
         // Known ids: index and leaf hash, from the log and from this group.
@@ -473,7 +501,8 @@ impl Writer {
         // The detectors see the new entries only (a retried event is not seen twice), and
         // their alerts follow them in the same commit.
         let now = self.clock.now();
-        let alerts = self.detect(&observed, unix_nanos(&timestamp(now))).await;
+        let mut alerts = self.detect(&observed, unix_nanos(&timestamp(now))).await;
+        alerts.extend(raised);
         let mut alerted = None;
         for alert in alerts {
             let seq = self.detectors.next_alert_seq();
@@ -535,6 +564,7 @@ impl Writer {
             };
             let _ = reply.send(answer);
         }
+        checkpoint.map(drop)
     }
 
     /// Runs the detectors over the new entries and decides the passed checks whose grace

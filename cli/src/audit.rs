@@ -16,12 +16,13 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use data_encoding::BASE64;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 use trias_auditor::checkpoint::{CheckpointBody, SigningKey, Verifier};
 use trias_auditor::merkle::{Frontier, Hash, empty_root, leaf_hash, verify_consistency};
 use trias_proto::v1::auditor_client::AuditorClient;
 use trias_proto::v1::{ExportRequest, GetCheckpointRequest, GetConsistencyProofRequest};
+use trias_runtime::tls::{TlsError, Transport, identity_of};
 
 /// Exit code: everything checked verified.
 pub const EXIT_VERIFIED: u8 = 0;
@@ -84,6 +85,17 @@ pub struct VerifyArgs {
     /// Verify a saved checkpoint note offline, against the key only (no auditor contacted).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["auditor", "previous", "full"])]
     pub checkpoint_file: Option<PathBuf>,
+    /// The PKI directory (`trias pki init`): the CLI connects with mutual TLS as
+    /// `spiffe://trias/cli` using `ca.pem`, `cli.pem` and `cli-key.pem` from it, and requires
+    /// the auditor to prove `spiffe://trias/auditor`. Without `cli.pem` there it connects in
+    /// plain text (an auditor in development mode).
+    #[arg(
+        long,
+        env = "TRIAS_PKI",
+        default_value = ".trias/pki",
+        value_name = "DIR"
+    )]
+    pub pki: PathBuf,
 }
 
 /// `trias audit key`.
@@ -235,9 +247,21 @@ fn rpc_error(what: &str, proving: bool) -> impl Fn(Status) -> AuditError + '_ {
     }
 }
 
-async fn connect(url: &str) -> Result<AuditorClient<Channel>, AuditError> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| usage(format!("--auditor {url:?} is not a URL: {e}")))?
+/// The CLI's transport: mTLS as `cli` when `pki` holds its certificate, else plain text.
+pub fn cli_transport(pki: &Path) -> Result<Transport, TlsError> {
+    let files = crate::pki::Pki::new(pki).files("cli");
+    if files.cert.exists() {
+        Transport::load(&files)
+    } else {
+        Ok(Transport::plaintext())
+    }
+}
+
+async fn connect(url: &str, pki: &Path) -> Result<AuditorClient<Channel>, AuditError> {
+    let transport = cli_transport(pki).map_err(|e| usage(format!("--pki: {e}")))?;
+    let endpoint = transport
+        .endpoint(url, &identity_of("auditor"))
+        .map_err(|e| usage(format!("--auditor {url:?}: {e}")))?
         .connect_timeout(Duration::from_secs(10));
     let channel = endpoint
         .connect()
@@ -279,7 +303,7 @@ async fn verify(args: &VerifyArgs, out: &mut dyn Write) -> Result<(), AuditError
         None => None,
     };
 
-    let mut client = connect(&args.auditor).await?;
+    let mut client = connect(&args.auditor, &args.pki).await?;
     let checkpoint = client
         .get_checkpoint(GetCheckpointRequest {})
         .await

@@ -33,6 +33,12 @@ enum Command {
         #[command(subcommand)]
         command: trias_cli::audit::AuditCommand,
     },
+    /// Development certificates: a CA and one certificate per service, for the CLI and for
+    /// each named backend.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
     /// Run one service in this process (what `trias up` starts for each service).
     #[command(hide = true)]
     Serve {
@@ -45,6 +51,34 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum PkiCommand {
+    /// Create the CA (if missing) and the missing certificates: issuer, validator, auditor,
+    /// cli, and one per `--backend` (its identity is `spiffe://trias/<name>`, and the
+    /// validator binds its checks to the audience of the same name).
+    Init {
+        /// Where the CA, certificates and keys are written.
+        #[arg(long, default_value = ".trias/pki")]
+        dir: PathBuf,
+        /// A backend service to issue a certificate for; repeat for several.
+        #[arg(long = "backend", value_name = "NAME")]
+        backends: Vec<String>,
+    },
+}
+
+/// `trias pki init`: says what it created and where.
+fn pki_init(dir: &std::path::Path, backends: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    let pki = trias_cli::pki::Pki::new(dir);
+    let created = pki.init(backends)?;
+    if created.is_empty() {
+        println!("{}: everything already exists", dir.display());
+    }
+    for name in created {
+        println!("created {name} in {}", dir.display());
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -52,6 +86,9 @@ async fn main() -> ExitCode {
         Command::Up { data_dir } => up::up(&data_dir).await,
         Command::Audit { command } => return trias_cli::audit::main(command).await,
         Command::Serve { service, config } => up::serve(&service, &config).await,
+        Command::Pki {
+            command: PkiCommand::Init { dir, backends },
+        } => pki_init(&dir, &backends),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

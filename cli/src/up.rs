@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use trias_cli::pki::Pki;
+use trias_runtime::tls::TlsFiles;
 
 use serde_json::json;
 use tokio::process::{Child, Command};
@@ -97,14 +99,26 @@ pub async fn up(data_dir: &Path) -> Result<(), Error> {
     for config in [&issuer_config, &validator_config] {
         ship_to_auditor(config)?;
     }
+    // Mutual TLS between the services, with development certificates (also for a data
+    // directory from before mTLS).
+    let pki = Pki::new(data_dir.join("pki"));
+    pki.init(&["payments".to_owned()])?;
+    for (config, name) in [
+        (&auditor_config, "auditor"),
+        (&issuer_config, "issuer"),
+        (&validator_config, "validator"),
+    ] {
+        use_tls(config, &pki.files(name))?;
+    }
     let stack_json = data_dir.join("stack.json");
     let mut stack: serde_json::Value = if stack_json.exists() {
         serde_json::from_str(&std::fs::read_to_string(&stack_json)?)?
     } else {
         create_demo(&issuer_config).await?
     };
-    if stack["auditor_grpc"].is_null() || !stack_json.exists() {
+    if stack["auditor_grpc"].is_null() || stack["pki"].is_null() || !stack_json.exists() {
         stack["auditor_grpc"] = json!(format!("http://{AUDITOR_GRPC}"));
+        stack["pki"] = json!(pki.dir.display().to_string());
         write_stack(&data_dir, &stack)?;
     }
 
@@ -147,6 +161,10 @@ pub async fn up(data_dir: &Path) -> Result<(), Error> {
     println!("  validator HTTP  http://{VALIDATOR_HTTP}  (POST /oauth2/introspect)");
     println!(
         "  auditor gRPC  http://{AUDITOR_GRPC}  (Query, WatchAlerts, GetCheckpoint, proofs, Export)"
+    );
+    println!(
+        "  gRPC is mutual TLS: certificates in {} (`trias pki init --backend NAME` adds one)",
+        pki.dir.display()
     );
     println!("  credentials  {}/stack.env", data_dir.display());
     println!();
@@ -192,6 +210,23 @@ fn ship_to_auditor(config: &Path) -> Result<(), Error> {
         None => format!("{text}\n[audit]\n{line}"),
     };
     std::fs::write(config, updated)?;
+    Ok(())
+}
+
+/// Gives a service's configuration a `[tls]` table with its development certificate, unless
+/// it already has one (or runs in development plain text).
+fn use_tls(config: &Path, files: &TlsFiles) -> Result<(), Error> {
+    let text = std::fs::read_to_string(config)?;
+    if text.contains("[tls]") || text.contains("dev_plaintext") {
+        return Ok(());
+    }
+    let table = format!(
+        "\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+        files.ca.display().to_string(),
+        files.cert.display().to_string(),
+        files.key.display().to_string(),
+    );
+    std::fs::write(config, format!("{text}{table}"))?;
     Ok(())
 }
 
@@ -313,6 +348,7 @@ fn write_stack(data_dir: &Path, stack: &serde_json::Value) -> Result<(), Error> 
         ("TRIAS_ISSUER_GRPC", "issuer_grpc"),
         ("TRIAS_VALIDATOR_GRPC", "validator_grpc"),
         ("TRIAS_AUDITOR_GRPC", "auditor_grpc"),
+        ("TRIAS_PKI", "pki"),
         ("TRIAS_DEMO_CLIENT_ID", "demo_client_id"),
         ("TRIAS_DEMO_CLIENT_SECRET", "demo_client_secret"),
         ("TRIAS_DEMO_FRONTEND_CLIENT_ID", "demo_frontend_client_id"),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use trias_runtime::config::duration;
 use trias_runtime::secret::Secret;
+use trias_runtime::tls::TlsFiles;
 
 use crate::keys::KeyAlgorithm;
 
@@ -46,11 +47,21 @@ pub struct IssuerConfig {
     pub role_grant_ttl: Duration,
     #[serde(default)]
     pub key_algorithm: KeyAlgorithm,
+    /// The identities (mTLS URI SANs) allowed to follow the revocation feed.
+    #[serde(default = "default_validators")]
+    pub validators: Vec<String>,
     /// The audience of the tokens the admin API accepts.
     #[serde(default = "default_admin_audience")]
     pub admin_audience: String,
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Mutual TLS for every gRPC connection, served and made (required unless
+    /// `dev_plaintext`): the CA, this service's certificate and its owner-only key.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// gRPC in plain text, without peer identities: for development only (logs a warning).
+    #[serde(default)]
+    pub dev_plaintext: bool,
     /// Log as JSON lines.
     #[serde(default)]
     pub log_json: bool,
@@ -84,6 +95,9 @@ impl Default for AuditConfig {
     }
 }
 
+fn default_validators() -> Vec<String> {
+    vec![trias_runtime::tls::identity_of("validator")]
+}
 fn default_grpc_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7401))
 }

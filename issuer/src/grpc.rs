@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::time::Duration;
+use trias_runtime::tls::Caller;
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
@@ -262,6 +263,17 @@ impl issuer_server::Issuer for IssuerService {
         &self,
         request: Request<pb::WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
+        // Only validators follow the feed: it tells which tokens are dead, and when.
+        let settings = self.issuer.settings();
+        let caller = Caller::of(&settings.transport, &request)?;
+        let validators: Vec<&str> = settings.validators.iter().map(String::as_str).collect();
+        if let Err(status) = caller.require(&validators, "WatchRevocations") {
+            let id = caller.identity().unwrap_or_default();
+            self.issuer
+                .record_access_denied(id, "WatchRevocations", status.message())
+                .await;
+            return Err(status);
+        }
         let mut after = i64::try_from(request.into_inner().after_seq)
             .map_err(|_| Status::from(Error::InvalidRequest("after_seq is out of range".into())))?;
         let issuer = self.issuer.clone();

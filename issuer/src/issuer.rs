@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
+use trias_runtime::tls::{Transport, identity_of};
 
 use ring::rand::SystemRandom;
 use tokio::sync::watch;
@@ -49,6 +50,10 @@ pub struct Settings {
     pub admin_audience: String,
     /// Where the audit outbox is shipped; `None` keeps events in the outbox.
     pub auditor_url: Option<String>,
+    /// How gRPC is served and called: mTLS, or plain text in development.
+    pub transport: Transport,
+    /// The identities that may follow the revocation feed (validators).
+    pub validators: Vec<String>,
 }
 
 impl Default for Settings {
@@ -64,6 +69,8 @@ impl Default for Settings {
             role_grant_ttl: Duration::from_secs(24 * 3600),
             admin_audience: "issuer-admin".into(),
             auditor_url: None,
+            transport: Transport::plaintext(),
+            validators: vec![identity_of("validator")],
         }
     }
 }
@@ -341,6 +348,18 @@ impl Issuer {
                 Ok(())
             }
         }
+    }
+
+    /// Records a gRPC call refused for the caller's mTLS identity.
+    pub async fn record_access_denied(&self, caller: &str, rpc: &str, why: &str) {
+        tracing::warn!(caller, rpc, why, "call refused");
+        let draft = EventDraft::new(EventKind::AccessDenied)
+            .decision(Decision::Deny)
+            .reason("access_denied")
+            .action(rpc)
+            .attribute("caller", caller)
+            .attribute("detail", why);
+        self.record_refusal(draft).await;
     }
 
     /// Records a refusal; the refusal itself is the answer, so a failing outbox only logs.

@@ -28,6 +28,7 @@ use trias_policy::Policy;
 use trias_runtime::clock::Clock;
 use trias_runtime::outbox::{Outbox, OutboxConfig};
 use trias_runtime::shipper::ShipperHandle;
+use trias_runtime::tls::Transport;
 
 pub use config::IssuerConfig;
 pub use error::Error;
@@ -46,6 +47,8 @@ pub enum StartError {
     Outbox(#[from] trias_runtime::outbox::OutboxError),
     #[error("issuer: {0}")]
     Issuer(#[from] Error),
+    #[error("{0}")]
+    Tls(#[from] trias_runtime::tls::TlsError),
     #[error("server: {0}")]
     Serve(String),
 }
@@ -54,6 +57,7 @@ pub enum StartError {
 /// and builds the issuer.
 pub async fn open(config: &IssuerConfig, clock: Arc<dyn Clock>) -> Result<Issuer, StartError> {
     let policy = Policy::load(&config.policy)?;
+    let transport = Transport::from_config(config.tls.as_ref(), config.dev_plaintext, "issuer")?;
     create_private_dir(&config.data_dir)?;
     let url = config.database_url();
     if let Some(path) = url.strip_prefix("sqlite://") {
@@ -76,6 +80,8 @@ pub async fn open(config: &IssuerConfig, clock: Arc<dyn Clock>) -> Result<Issuer
         role_grant_ttl: config.role_grant_ttl,
         admin_audience: config.admin_audience.clone(),
         auditor_url: config.audit.auditor_url.clone(),
+        transport,
+        validators: config.validators.clone(),
     };
     Ok(Issuer::new(store, policy, outbox, clock, settings).await?)
 }
@@ -189,7 +195,10 @@ pub async fn serve(
         })
     };
 
-    let grpc_server = tonic::transport::Server::builder()
+    let grpc_server = issuer
+        .settings()
+        .transport
+        .server()?
         .add_service(grpc::IssuerService::new(issuer.clone(), stop_rx.clone()).into_server())
         .serve_with_incoming_shutdown(trias_runtime::net::nodelay(grpc), stopped(stop_rx.clone()));
     let http = axum::serve::ListenerExt::tap_io(http, |tcp| {
@@ -197,7 +206,12 @@ pub async fn serve(
     });
     let http_server = axum::serve(http, http::router(issuer.clone()))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
-    let shipper = ShipperHandle::start(issuer.outbox(), issuer.settings().auditor_url.as_deref());
+    let settings = issuer.settings();
+    let shipper = ShipperHandle::start(
+        issuer.outbox(),
+        settings.auditor_url.as_deref(),
+        &settings.transport,
+    );
     let (grpc_result, http_result) = tokio::join!(grpc_server, http_server);
     reloader.abort();
     // No request is in flight any more: the shipper's final flush sees every event.

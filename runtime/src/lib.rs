@@ -13,3 +13,4 @@ pub mod secret;
 pub mod shipper;
 pub mod telemetry;
 pub mod testing;
+pub mod tls;

@@ -18,6 +18,7 @@ use trias_proto::v1::auditor_client::AuditorClient;
 use trias_proto::v1::{AppendRequest, AuditEvent};
 
 use crate::outbox::Outbox;
+use crate::tls::{Transport, identity_of};
 
 /// The most events the shipper sends in one `Append` (the auditor accepts up to 1000).
 pub const MAX_BATCH: usize = 500;
@@ -40,6 +41,8 @@ pub struct ShipperConfig {
     pub auditor_url: String,
     /// Events per `Append`, at most [`MAX_BATCH`].
     pub batch: usize,
+    /// How the auditor is reached: under mTLS it must prove the auditor's identity.
+    pub transport: Transport,
 }
 
 impl ShipperConfig {
@@ -48,6 +51,7 @@ impl ShipperConfig {
         ShipperConfig {
             auditor_url: auditor_url.into(),
             batch: MAX_BATCH,
+            transport: Transport::plaintext(),
         }
     }
 }
@@ -72,7 +76,10 @@ pub fn spawn_shipper(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let endpoint = match Endpoint::from_shared(config.auditor_url.clone()) {
+        let endpoint = match config
+            .transport
+            .endpoint(&config.auditor_url, &identity_of("auditor"))
+        {
             Ok(endpoint) => endpoint,
             Err(error) => {
                 tracing::error!(%error, url = %config.auditor_url, "not shipping audit events: bad auditor url");
@@ -105,12 +112,20 @@ pub struct ShipperHandle {
 
 impl ShipperHandle {
     /// Ships `outbox` to `auditor_url`; with `None`, ships nothing (events stay in the outbox).
-    pub fn start(outbox: &Outbox, auditor_url: Option<&str>) -> ShipperHandle {
+    pub fn start(
+        outbox: &Outbox,
+        auditor_url: Option<&str>,
+        transport: &Transport,
+    ) -> ShipperHandle {
         let Some(url) = auditor_url else {
             return ShipperHandle::default();
         };
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = spawn_shipper(outbox.clone(), ShipperConfig::new(url), async {
+        let config = ShipperConfig {
+            transport: transport.clone(),
+            ..ShipperConfig::new(url)
+        };
+        let task = spawn_shipper(outbox.clone(), config, async {
             let _ = stopped.await;
         });
         ShipperHandle {
@@ -421,8 +436,8 @@ mod tests {
         let shipper = spawn_shipper(
             outbox.clone(),
             ShipperConfig {
-                auditor_url: url,
                 batch: 10,
+                ..ShipperConfig::new(url)
             },
             async {
                 let _ = stopped.await;

@@ -379,6 +379,7 @@ fn bench_config(data_dir: &std::path::Path, database_url: Option<&str>) -> Audit
     if let Some(url) = database_url {
         env.insert("TRIAS_AUDITOR_DATABASE_URL".to_owned(), url.to_owned());
     }
+    env.extend(trias_tests::tls_env("TRIAS_AUDITOR_", "auditor"));
     AuditorConfig::load(None, &env).unwrap()
 }
 
@@ -547,10 +548,9 @@ struct Running {
 }
 
 impl Running {
+    /// A client as the issuer (the producer the appends name).
     async fn client(&self) -> AuditorClient<Channel> {
-        AuditorClient::connect(format!("http://{}", self.addr))
-            .await
-            .unwrap()
+        AuditorClient::new(trias_tests::channel(self.addr, "auditor", "issuer").await)
     }
 
     async fn stop(self) {

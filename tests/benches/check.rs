@@ -237,7 +237,11 @@ fn raw_verify_per_sec(duration: Duration) -> f64 {
 async fn clients(addr: std::net::SocketAddr, settings: &Settings) -> Vec<ValidatorClient<Channel>> {
     let mut channels = Vec::new();
     for _ in 0..settings.channels {
-        let channel = Channel::from_shared(format!("http://{addr}"))
+        let channel = trias_tests::transport("payments")
+            .endpoint(
+                &format!("http://{addr}"),
+                &trias_runtime::tls::identity_of("validator"),
+            )
             .unwrap()
             .tcp_nodelay(true)
             .connect()

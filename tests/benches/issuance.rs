@@ -416,7 +416,11 @@ async fn grpc_clients(addr: SocketAddr, settings: &Settings) -> Vec<IssuerClient
     let mut channels = Vec::new();
     for _ in 0..settings.channels {
         // One channel is one HTTP/2 connection; the workers multiplex over them.
-        let channel = Channel::from_shared(format!("http://{addr}"))
+        let channel = trias_tests::transport("cli")
+            .endpoint(
+                &format!("http://{addr}"),
+                &trias_runtime::tls::identity_of("issuer"),
+            )
             .unwrap()
             .tcp_nodelay(true)
             .connect()

@@ -16,6 +16,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
+use trias_proto::v1::validator_client::ValidatorClient;
+use trias_runtime::tls::identity_of;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -152,10 +154,10 @@ impl AuditorProcess {
     }
 
     async fn client(&self) -> AuditorClient<Channel> {
-        AuditorClient::connect(self.url())
-            .await
-            .unwrap()
-            .max_decoding_message_size(usize::MAX)
+        AuditorClient::new(
+            trias_tests::channel(self.addr.parse().unwrap(), "auditor", "issuer").await,
+        )
+        .max_decoding_message_size(usize::MAX)
     }
 
     async fn size(&self) -> u64 {
@@ -208,7 +210,7 @@ async fn sigkill_under_load_loses_nothing_and_doubles_nothing(backend: Backend) 
     for _ in 0..3 {
         load.spawn(mint_and_check(
             issuer_client(&issuer).await,
-            validator_handle_url(&validator),
+            validator_client(&validator).await,
             Arc::clone(&running),
             Arc::clone(&minted),
             issuer_service_client(&issuer).await,
@@ -248,10 +250,17 @@ async fn sigkill_under_load_loses_nothing_and_doubles_nothing(backend: Backend) 
     );
 
     // Every recorded event is acknowledged in the end: both outboxes drain.
-    for outbox in [issuer.issuer.outbox(), validator.validator.outbox()] {
+    for (producer, outbox) in [
+        ("issuer", issuer.issuer.outbox()),
+        ("validator", validator.validator.outbox()),
+    ] {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while outbox.depth().await.unwrap() > 0 {
-            assert!(tokio::time::Instant::now() < deadline, "outbox not drained");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the {producer}'s outbox did not drain: {} events left",
+                outbox.depth().await.unwrap()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -329,6 +338,8 @@ async fn sigkill_under_load_loses_nothing_and_doubles_nothing(backend: Backend) 
             "--key",
             &auditor.verifier,
             "--full",
+            "--pki",
+            &trias_tests::pki().dir.display().to_string(),
         ],
         &mut report,
     )
@@ -352,6 +363,13 @@ fn write_config(dir: &Path, database: Option<&PostgresDb>) -> PathBuf {
     if let Some(db) = database {
         text.push_str(&format!("database_url = {:?}\n", db.url));
     }
+    let tls = trias_tests::pki().files("auditor");
+    text.push_str(&format!(
+        "[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+        tls.ca.display().to_string(),
+        tls.cert.display().to_string(),
+        tls.key.display().to_string()
+    ));
     let path = dir.join("auditor.toml");
     std::fs::write(&path, text).unwrap();
     path
@@ -363,8 +381,8 @@ async fn issuer_client(
     issuer.grpc().await
 }
 
-fn validator_handle_url(validator: &ValidatorHandle) -> String {
-    format!("http://{}", validator.grpc_addr)
+async fn validator_client(validator: &ValidatorHandle) -> ValidatorClient<Channel> {
+    validator.grpc().await
 }
 
 async fn issuer_service_client(issuer: &IssuerHandle) -> (String, String) {
@@ -376,14 +394,11 @@ async fn issuer_service_client(issuer: &IssuerHandle) -> (String, String) {
 /// Mints a token and checks it, over and over, until told to stop; keeps each token id.
 async fn mint_and_check(
     mut issuer: trias_proto::v1::issuer_client::IssuerClient<Channel>,
-    validator_url: String,
+    mut validator: ValidatorClient<Channel>,
     running: Arc<AtomicBool>,
     minted: Arc<Mutex<Vec<String>>>,
     (client_id, secret): (String, String),
 ) {
-    let mut validator = trias_proto::v1::validator_client::ValidatorClient::connect(validator_url)
-        .await
-        .unwrap();
     let mut object = 0u64;
     while running.load(Ordering::SeqCst) {
         let token = issuer
@@ -421,6 +436,7 @@ async fn append_directly(
     receipts: Arc<Mutex<HashMap<String, u64>>>,
     refused: Arc<AtomicU64>,
 ) {
+    let transport = trias_tests::transport(DIRECT);
     let mut seq = 0u64;
     while running.load(Ordering::SeqCst) {
         let events: Vec<AuditEvent> = (0..20)
@@ -439,7 +455,11 @@ async fn append_directly(
             })
             .collect();
         loop {
-            let answer = match AuditorClient::connect(url.clone()).await {
+            let connected = match transport.endpoint(&url, &identity_of("auditor")) {
+                Ok(endpoint) => endpoint.connect().await.map(AuditorClient::new),
+                Err(error) => panic!("{error}"),
+            };
+            let answer = match connected {
                 Ok(mut client) => client
                     .append(AppendRequest {
                         producer: DIRECT.into(),

@@ -387,7 +387,7 @@ fn passed_check(auditor: &AuditorHandle, seq: u64, token_id: &str) -> AuditEvent
 
 async fn append(auditor: &AuditorHandle, producer: &str, events: Vec<AuditEvent>) {
     auditor
-        .grpc()
+        .grpc_as(producer)
         .await
         .append(AppendRequest {
             producer: producer.into(),

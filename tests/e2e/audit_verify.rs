@@ -42,7 +42,8 @@ async fn trias_audit(args: &[&str]) -> (u8, String) {
 /// `trias audit verify` against `auditor` with `key` and further arguments.
 async fn verify(auditor: &AuditorHandle, key: &str, more: &[&str]) -> (u8, String) {
     let url = format!("http://{}", auditor.grpc_addr);
-    let mut args = vec!["verify", "--auditor", &url, "--key", key];
+    let pki = trias_tests::pki().dir.display().to_string();
+    let mut args = vec!["verify", "--auditor", &url, "--key", key, "--pki", &pki];
     args.extend_from_slice(more);
     trias_audit(&args).await
 }

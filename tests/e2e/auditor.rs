@@ -21,6 +21,7 @@ both_backends!(
     every_receipt_is_proven_in_its_checkpoint,
     queries_filter_order_and_page,
     refused_batches_append_nothing,
+    a_producer_appends_only_as_itself,
     a_restarted_auditor_keeps_a_verifiable_log,
     a_tampered_row_is_caught_by_an_export,
 );
@@ -30,8 +31,14 @@ async fn append(
     producer: &str,
     events: Vec<AuditEvent>,
 ) -> Result<AppendResponse, tonic::Status> {
+    // Each producer appends as its own identity; an unknown one as the issuer.
+    let identity = if ["issuer", "validator"].contains(&producer) {
+        producer
+    } else {
+        "issuer"
+    };
     auditor
-        .grpc()
+        .grpc_as(identity)
         .await
         .append(AppendRequest {
             producer: producer.into(),
@@ -55,6 +62,68 @@ async fn size(auditor: &AuditorHandle) -> u64 {
         .unwrap()
         .into_inner()
         .tree_size
+}
+
+/// Under mTLS a producer's name is bound to its identity: the validator (or an impostor with
+/// a certificate from the same CA) cannot append as the issuer. The refusal is itself logged,
+/// as an `access_refused` alert naming the caller.
+async fn a_producer_appends_only_as_itself(backend: Backend) {
+    let Some(auditor) = start_auditor(AuditorOptions::on(backend)).await else {
+        return;
+    };
+    for (identity, producer) in [
+        ("impostor", "issuer"),
+        ("validator", "issuer"),
+        ("issuer", "validator"),
+    ] {
+        let status = auditor
+            .grpc_as(identity)
+            .await
+            .append(AppendRequest {
+                producer: producer.into(),
+                events: events(&auditor, producer, 1..2),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::PermissionDenied,
+            "{identity}: {status:?}"
+        );
+        assert_eq!(
+            trias_tests::oauth_error(&status).as_deref(),
+            Some("access_denied")
+        );
+    }
+    let alerts = auditor
+        .query(QueryRequest {
+            kinds: vec![EventKind::Alert as i32],
+            order: Order::OldestFirst as i32,
+            ..Default::default()
+        })
+        .await;
+    let refused: Vec<(String, String)> = alerts
+        .iter()
+        .map(|entry| {
+            let event = entry.event.as_ref().unwrap();
+            assert_eq!(event.reason, "access_refused");
+            (event.attributes["caller"].clone(), event.action.clone())
+        })
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            ("spiffe://trias/impostor".to_owned(), "Append".to_owned()),
+            ("spiffe://trias/validator".to_owned(), "Append".to_owned()),
+            ("spiffe://trias/issuer".to_owned(), "Append".to_owned()),
+        ]
+    );
+    // Nothing but the alerts was logged, and the issuer appends as itself.
+    assert_eq!(size(&auditor).await, 3);
+    append(&auditor, "issuer", events(&auditor, "issuer", 1..2))
+        .await
+        .unwrap();
+    auditor.stop().await;
 }
 
 async fn append_returns_receipts_and_a_retry_adds_nothing(backend: Backend) {

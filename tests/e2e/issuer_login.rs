@@ -170,7 +170,9 @@ async fn a_reused_code_revokes_what_it_issued(backend: Backend) {
     refused(replay, Code::PermissionDenied, "invalid_grant");
 
     // RFC 6749 §4.1.2: what the code issued is revoked, and validators hear of it.
-    let mut feed = grpc
+    let mut feed = issuer
+        .grpc_as("validator")
+        .await
         .watch_revocations(WatchRevocationsRequest { after_seq: 0 })
         .await
         .unwrap()

@@ -100,7 +100,9 @@ async fn reuse_of_a_spent_token_revokes_the_family(backend: Backend) {
     let newest = grpc.token(frontend.refresh(&second.refresh_token)).await;
     refused(newest, Code::PermissionDenied, "invalid_grant");
 
-    let mut feed = grpc
+    let mut feed = issuer
+        .grpc_as("validator")
+        .await
         .watch_revocations(WatchRevocationsRequest { after_seq: 0 })
         .await
         .unwrap()

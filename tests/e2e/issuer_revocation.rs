@@ -36,6 +36,54 @@ async fn revoke_over_http(issuer: &IssuerHandle, client: &(String, String), toke
     reply.status
 }
 
+both_backends!(only_validators_follow_the_revocation_feed);
+/// The feed tells which tokens are dead: a caller that is not a validator (the CLI, or an
+/// impostor with a certificate from the same CA) is refused, and the refusal recorded.
+async fn only_validators_follow_the_revocation_feed(backend: Backend) {
+    let Some(issuer) = start_issuer(IssuerOptions::on(backend)).await else {
+        return;
+    };
+    for impostor in ["impostor", "cli", "payments"] {
+        let status = issuer
+            .grpc_as(impostor)
+            .await
+            .watch_revocations(WatchRevocationsRequest { after_seq: 0 })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::PermissionDenied,
+            "{impostor}: {status:?}"
+        );
+    }
+    let refusals = issuer.events_of(EventKind::AccessDenied).await;
+    let callers: Vec<&str> = refusals
+        .iter()
+        .map(|e| e.attributes["caller"].as_str())
+        .collect();
+    assert_eq!(
+        callers,
+        [
+            "spiffe://trias/impostor",
+            "spiffe://trias/cli",
+            "spiffe://trias/payments"
+        ]
+    );
+    assert!(
+        refusals
+            .iter()
+            .all(|e| e.action == "WatchRevocations" && e.decision() == Decision::Deny)
+    );
+    // The validator's own identity is let in.
+    issuer
+        .grpc_as("validator")
+        .await
+        .watch_revocations(WatchRevocationsRequest { after_seq: 0 })
+        .await
+        .unwrap();
+    issuer.stop().await;
+}
+
 both_backends!(revoking_a_refresh_token_revokes_its_family);
 async fn revoking_a_refresh_token_revokes_its_family(backend: Backend) {
     let Some(issuer) = start_issuer(IssuerOptions::on(backend)).await else {
@@ -61,7 +109,9 @@ async fn revoking_a_refresh_token_revokes_its_family(backend: Backend) {
     let refresh = grpc.token(frontend.refresh(&tokens.refresh_token)).await;
     refused(refresh, Code::PermissionDenied, "invalid_grant");
 
-    let mut feed = grpc
+    let mut feed = issuer
+        .grpc_as("validator")
+        .await
         .watch_revocations(WatchRevocationsRequest { after_seq: 0 })
         .await
         .unwrap()
@@ -92,8 +142,9 @@ async fn revoking_an_access_token_publishes_its_jti(backend: Backend) {
     let (token, jti) = service_token(&issuer, &client).await;
     assert_eq!(revoke_over_http(&issuer, &client, &token).await, 200);
 
-    let mut grpc = issuer.grpc().await;
-    let mut feed = grpc
+    let mut feed = issuer
+        .grpc_as("validator")
+        .await
         .watch_revocations(WatchRevocationsRequest { after_seq: 0 })
         .await
         .unwrap()
@@ -206,7 +257,7 @@ async fn the_revocation_feed_replays_resumes_and_follows(backend: Backend) {
         assert_eq!(revoke_over_http(&issuer, &client, &token).await, 200);
         jtis.push(jti);
     }
-    let mut grpc = issuer.grpc().await;
+    let mut grpc = issuer.grpc_as("validator").await;
     let mut from_start = grpc
         .watch_revocations(WatchRevocationsRequest { after_seq: 0 })
         .await
@@ -221,7 +272,9 @@ async fn the_revocation_feed_replays_resumes_and_follows(backend: Backend) {
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
 
     // A subscriber that saw the second revocation resumes after it and gets only the third.
-    let mut resumed = grpc
+    let mut resumed = issuer
+        .grpc_as("validator")
+        .await
         .watch_revocations(WatchRevocationsRequest { after_seq: seqs[1] })
         .await
         .unwrap()

@@ -14,7 +14,7 @@ use tonic::Code;
 use trias_issuer::issuer::Actor;
 use trias_issuer::keys::KeyAlgorithm;
 use trias_proto::v1::{
-    CheckBatchRequest, CheckDecision, CheckRequest, Decision, GetJwksRequest, Reason,
+    CheckBatchRequest, CheckDecision, CheckRequest, Decision, EventKind, GetJwksRequest, Reason,
     RevokeRequest, TokenRequest,
 };
 use trias_tests::validator::{
@@ -181,7 +181,6 @@ async fn requests_that_cannot_be_decided_are_errors(backend: Backend) {
     };
     for bad in [
         request("", "payments", "payment/1"),
-        request("payment.create", "", "payment/1"),
         // A dual-controlled action needs the object it acts on.
         request("payment.create", "payments", ""),
     ] {
@@ -194,6 +193,60 @@ async fn requests_that_cannot_be_decided_are_errors(backend: Backend) {
     let status = grpc.check_batch(too_many).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(validator.check_events().await.is_empty());
+
+    // A caller whose identity is bound to no audience is refused, and the refusal recorded.
+    let mut impostor = validator.grpc_as("impostor").await;
+    let status = impostor
+        .check(request("payment.read", "payments", "payment/1"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains("spiffe://trias/impostor"),
+        "{status:?}"
+    );
+    let refusals = validator.events_of(EventKind::AccessDenied).await;
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert_eq!(refusals[0].attributes["caller"], "spiffe://trias/impostor");
+    assert_eq!(refusals[0].action, "Check");
+    stop(issuer, validator).await;
+}
+
+both_backends!(the_callers_identity_decides_its_audience);
+/// Under mTLS the audience is the caller's: a token minted for `payments` presented by the
+/// `reports` service is denied `wrong_audience` whatever the request says, and so is a
+/// request naming an audience other than the caller's.
+async fn the_callers_identity_decides_its_audience(backend: Backend) {
+    let policy = format!(
+        "{}\n[[audience]]\nid = \"reports\"\nactions = {{ \"report.read\" = \"payments:read\" }}\n",
+        trias_policy::SAMPLE
+    );
+    let Some((issuer, validator)) = stack(backend, policy).await else {
+        return;
+    };
+    let (token, _) = token_for(&issuer, &["clerk"], "payments:read").await;
+    let check = |audience: &str| CheckRequest {
+        token: token.clone(),
+        action: "payment.read".into(),
+        resource: "payment/1".into(),
+        audience: audience.into(),
+        context: Default::default(),
+    };
+    let mut payments = validator.grpc_as("payments").await;
+    let mut reports = validator.grpc_as("reports").await;
+    for audience in ["", "payments"] {
+        let decision = payments.check(check(audience)).await.unwrap().into_inner();
+        assert!(decision.allowed, "{audience:?}: {decision:?}");
+    }
+    for audience in ["", "payments", "reports"] {
+        let decision = reports.check(check(audience)).await.unwrap().into_inner();
+        denied(&decision, Reason::WrongAudience);
+    }
+    let events = validator.check_events().await;
+    let last = events.last().unwrap();
+    assert_eq!(last.audience, "reports");
+    assert_eq!(last.attributes["caller"], "spiffe://trias/reports");
+    assert_eq!(last.reason, "wrong_audience");
     stop(issuer, validator).await;
 }
 
@@ -701,12 +754,14 @@ async fn checks_go_on_while_the_issuer_is_down(backend: Backend) {
     );
     issuer.begin_stop();
     // The issuer stops accepting connections within moments (its shutdown is asynchronous).
-    let url = format!("http://{}", issuer.grpc_addr);
+    let endpoint = trias_tests::transport("cli")
+        .endpoint(
+            &format!("http://{}", issuer.grpc_addr),
+            &trias_runtime::tls::identity_of("issuer"),
+        )
+        .unwrap();
     let asked = Instant::now();
-    while trias_proto::v1::issuer_client::IssuerClient::connect(url.clone())
-        .await
-        .is_ok()
-    {
+    while endpoint.connect().await.is_ok() {
         assert!(
             asked.elapsed() < Duration::from_secs(2),
             "the issuer still accepts connections"

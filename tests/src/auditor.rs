@@ -104,10 +104,11 @@ pub async fn start_auditor(options: AuditorOptions) -> Option<AuditorHandle> {
     if let Some(db) = &database {
         env.insert("DATABASE_URL", db.url.clone());
     }
-    let env = env
+    let mut env: BTreeMap<String, String> = env
         .into_iter()
         .map(|(k, v)| (format!("{}{k}", trias_auditor::config::ENV_PREFIX), v))
         .collect();
+    env.extend(crate::tls_env(trias_auditor::config::ENV_PREFIX, "auditor"));
     let config = AuditorConfig::load(None, &env).unwrap();
     let clock = Arc::new(ManualClock::new(SystemTime::now()));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -146,11 +147,14 @@ async fn serve(
 }
 
 impl AuditorHandle {
-    /// A gRPC client connected to the auditor.
+    /// A gRPC client connected to the auditor, as the issuer.
     pub async fn grpc(&self) -> AuditorClient<Channel> {
-        AuditorClient::connect(format!("http://{}", self.grpc_addr))
-            .await
-            .unwrap()
+        self.grpc_as("issuer").await
+    }
+
+    /// A gRPC client connected to the auditor as identity `name` of the test PKI.
+    pub async fn grpc_as(&self, name: &str) -> AuditorClient<Channel> {
+        AuditorClient::new(crate::channel(self.grpc_addr, "auditor", name).await)
             // Room for a full batch of maximal events.
             .max_encoding_message_size(usize::MAX)
     }

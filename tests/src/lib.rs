@@ -13,7 +13,7 @@ pub mod bench;
 pub mod validator;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use data_encoding::{BASE32_NOPAD, BASE64URL_NOPAD};
@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
+use trias_cli::pki::Pki;
 use trias_issuer::issuer::{Actor, ClientSpec, Issuer};
 use trias_policy::GrantType;
 use trias_proto::v1::issuer_client::IssuerClient;
@@ -31,8 +32,52 @@ use trias_proto::v1::{
     TokenResponse,
 };
 use trias_runtime::clock::{Clock, ManualClock, unix_seconds};
+use trias_runtime::tls::{Transport, identity_of};
 
 pub use trias_runtime::testing::{POSTGRES_ENV, PostgresDb, fresh_postgres};
+
+/// The test PKI's identities beyond the services and `cli`: two backends, a test producer
+/// of audit events, and an impostor (a certificate from the right CA with an identity no
+/// service grants anything to).
+pub const TEST_BACKENDS: [&str; 4] = ["payments", "reports", "loadgen", "impostor"];
+
+/// The test PKI, made once per test process: a CA, the services, `cli` and [`TEST_BACKENDS`].
+pub fn pki() -> &'static Pki {
+    static PKI: OnceLock<(tempfile::TempDir, Pki)> = OnceLock::new();
+    &PKI.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path().join("pki"));
+        let names: Vec<String> = TEST_BACKENDS.iter().map(|s| (*s).to_owned()).collect();
+        pki.init(&names).unwrap();
+        (dir, pki)
+    })
+    .1
+}
+
+/// The `[tls]` settings of identity `name` as environment entries under `prefix`.
+pub fn tls_env(prefix: &str, name: &str) -> Vec<(String, String)> {
+    let files = pki().files(name);
+    [("CA", files.ca), ("CERT", files.cert), ("KEY", files.key)]
+        .into_iter()
+        .map(|(key, path)| (format!("{prefix}TLS__{key}"), path.display().to_string()))
+        .collect()
+}
+
+/// The mTLS transport of identity `name` from the test PKI.
+pub fn transport(name: &str) -> Transport {
+    Transport::load(&pki().files(name)).unwrap()
+}
+
+/// A gRPC channel to `addr`, whose server must prove identity `server`, presenting the
+/// certificate of `client` (identity names of the test PKI).
+pub async fn channel(addr: SocketAddr, server: &str, client: &str) -> Channel {
+    transport(client)
+        .endpoint(&format!("http://{addr}"), &identity_of(server))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
 
 /// The redirect URIs every test client registers; logins use the first.
 pub const REDIRECT_URIS: [&str; 2] = [
@@ -150,6 +195,7 @@ pub async fn start_issuer(options: IssuerOptions) -> Option<IssuerHandle> {
     if let Some(url) = &options.auditor_url {
         env.insert("TRIAS_ISSUER_AUDIT__AUDITOR_URL".to_owned(), url.clone());
     }
+    env.extend(tls_env(trias_issuer::config::ENV_PREFIX, "issuer"));
     let config = trias_issuer::IssuerConfig::load(None, &env).unwrap();
     let clock: Arc<dyn Clock> = options.clock.clone();
     let issuer = trias_issuer::open(&config, clock).await.unwrap();
@@ -261,11 +307,14 @@ impl HttpReply {
 }
 
 impl IssuerHandle {
-    /// A gRPC client connected to the issuer.
+    /// A gRPC client connected to the issuer, as the operator's CLI.
     pub async fn grpc(&self) -> IssuerClient<Channel> {
-        IssuerClient::connect(format!("http://{}", self.grpc_addr))
-            .await
-            .unwrap()
+        self.grpc_as("cli").await
+    }
+
+    /// A gRPC client connected to the issuer as identity `name` of the test PKI.
+    pub async fn grpc_as(&self, name: &str) -> IssuerClient<Channel> {
+        IssuerClient::new(channel(self.grpc_addr, "issuer", name).await)
     }
 
     /// The base URL of the HTTP endpoints (also the `iss` of tokens).

@@ -18,7 +18,9 @@ use trias_proto::v1::{AuditEvent, CheckDecision, CheckRequest, EventKind};
 use trias_runtime::clock::{Clock, ManualClock};
 use trias_validator::Validator;
 
-use crate::{Backend, HttpReply, IssuerHandle, PostgresDb, fresh_postgres, reply};
+use crate::{
+    Backend, HttpReply, IssuerHandle, PostgresDb, channel, fresh_postgres, reply, tls_env,
+};
 
 /// A caller of the introspection endpoint: client id, secret and the audience it is.
 pub type IntrospectionCaller = (String, String, String);
@@ -140,10 +142,11 @@ pub async fn start_validator(
     if let Some(url) = &options.auditor_url {
         env.insert("AUDIT__AUDITOR_URL", url.clone());
     }
-    let env = env
+    let mut env: BTreeMap<String, String> = env
         .into_iter()
         .map(|(k, v)| (format!("{}{k}", trias_validator::config::ENV_PREFIX), v))
         .collect();
+    env.extend(tls_env(trias_validator::config::ENV_PREFIX, "validator"));
     let config = trias_validator::ValidatorConfig::load(None, &env).unwrap();
     let clock: Arc<dyn Clock> = issuer.clock.clone();
     let validator = trias_validator::open(&config, clock).await.unwrap();
@@ -169,12 +172,25 @@ pub async fn start_validator(
     })
 }
 
+/// The test identity bound to `audience` (the issuer's for `issuer-admin`); an audience no
+/// test identity is bound to is asked as `payments`, naming it in the request.
+pub fn identity_for(audience: &str) -> &str {
+    match audience {
+        "issuer-admin" => "issuer",
+        "payments" | "reports" | "auditor" => audience,
+        _ => "payments",
+    }
+}
+
 impl ValidatorHandle {
-    /// A gRPC client connected to the validator.
+    /// A gRPC client connected to the validator, as the `payments` backend.
     pub async fn grpc(&self) -> ValidatorClient<Channel> {
-        ValidatorClient::connect(format!("http://{}", self.grpc_addr))
-            .await
-            .unwrap()
+        self.grpc_as("payments").await
+    }
+
+    /// A gRPC client connected to the validator as identity `name` of the test PKI.
+    pub async fn grpc_as(&self, name: &str) -> ValidatorClient<Channel> {
+        ValidatorClient::new(channel(self.grpc_addr, "validator", name).await)
     }
 
     /// `Check` over gRPC; panics if the call itself fails (a deny is an answer).
@@ -185,7 +201,7 @@ impl ValidatorHandle {
         resource: &str,
         audience: &str,
     ) -> CheckDecision {
-        self.grpc()
+        self.grpc_as(identity_for(audience))
             .await
             .check(CheckRequest {
                 token: token.into(),
@@ -213,8 +229,13 @@ impl ValidatorHandle {
 
     /// The check events in the validator's outbox, oldest first.
     pub async fn check_events(&self) -> Vec<AuditEvent> {
+        self.events_of(EventKind::Check).await
+    }
+
+    /// The events of one kind in the validator's outbox, oldest first.
+    pub async fn events_of(&self, kind: EventKind) -> Vec<AuditEvent> {
         let mut events = self.validator.outbox().unshipped(0, 100_000).await.unwrap();
-        events.retain(|e| e.kind() == EventKind::Check);
+        events.retain(|e| e.kind() == kind);
         events
     }
 

@@ -396,6 +396,18 @@ pub fn time(claims: &Claims, now: i64, skew: i64) -> Outcome {
 
 /// `aud` is exactly the caller: one string, or an array of that one string (RFC 8725 §3.9;
 /// a token for several services is not accepted by any of them).
+/// Under mTLS the caller's identity decides its audience; a request naming another one is
+/// denied, so a backend cannot borrow a token meant for a different service.
+pub fn declared_audience(bound: &str, declared: Option<&str>) -> Outcome {
+    match declared {
+        Some(declared) if declared != bound => Err(Denial::new(
+            Reason::WrongAudience,
+            format!("the caller is bound to audience {bound}, not {declared}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub fn audience(claims: &Claims, caller: &str) -> Outcome {
     match claims.aud.as_slice() {
         [only] if only == caller => Ok(()),

@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use trias_runtime::config::{ConfigError, duration};
 use trias_runtime::secret::Secret;
+use trias_runtime::tls::TlsFiles;
 
 /// The prefix of the validator's environment variables.
 pub const ENV_PREFIX: &str = "TRIAS_VALIDATOR_";
@@ -63,9 +64,21 @@ pub struct ValidatorConfig {
     pub cache_capacity: usize,
     #[serde(default)]
     pub audit: AuditConfig,
+    /// The audience of each caller identity (mTLS URI SAN) whose name is not its audience;
+    /// any other `spiffe://trias/<name>` is bound to audience `<name>`. The issuer checks
+    /// admin tokens at `issuer-admin`.
+    #[serde(default = "default_caller_audiences")]
+    pub caller_audiences: BTreeMap<String, String>,
     /// Backends allowed to call the introspection endpoint, each bound to one audience.
     #[serde(default)]
     pub introspection_clients: Vec<IntrospectionClient>,
+    /// Mutual TLS for every gRPC connection, served and made (required unless
+    /// `dev_plaintext`): the CA, this service's certificate and its owner-only key.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// gRPC in plain text, without peer identities: for development only (logs a warning).
+    #[serde(default)]
+    pub dev_plaintext: bool,
     /// Log as JSON lines.
     #[serde(default)]
     pub log_json: bool,
@@ -120,6 +133,13 @@ impl IntrospectionClient {
             .ok()?;
         bytes.try_into().ok()
     }
+}
+
+fn default_caller_audiences() -> BTreeMap<String, String> {
+    BTreeMap::from([(
+        trias_runtime::tls::identity_of("issuer"),
+        "issuer-admin".to_owned(),
+    )])
 }
 
 fn default_grpc_addr() -> SocketAddr {

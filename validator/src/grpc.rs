@@ -1,7 +1,8 @@
 //! The validator's gRPC API (`trias.v1.Validator`): a thin mapping onto [`Validator`].
 //!
-//! Until services authenticate with mTLS (issue 5), the caller's audience is the request's
-//! `audience` field.
+//! Under mTLS a caller's identity decides its audience (see [`Validator::audience_of`]): a
+//! request naming another audience is denied `wrong_audience`, and a caller bound to no
+//! audience is refused. In development plain text the request's `audience` field is used.
 
 use std::collections::BTreeMap;
 
@@ -9,6 +10,7 @@ use tonic::{Request, Response, Status};
 use trias_proto::v1 as pb;
 use trias_proto::v1::validator_server::{self, Validator as ValidatorApi};
 use trias_runtime::clock::{from_unix_seconds, timestamp};
+use trias_runtime::tls::Caller;
 
 use crate::error::Error;
 use crate::validator::{CheckInput, Validator, Verdict};
@@ -34,18 +36,57 @@ impl ValidatorService {
     }
 }
 
-fn input(request: pb::CheckRequest) -> Result<CheckInput, Error> {
+/// Who is asking: under mTLS the caller's identity and the audience it is bound to.
+#[derive(Debug, Clone, Default)]
+struct Asker {
+    identity: Option<String>,
+    audience: Option<String>,
+}
+
+impl ValidatorService {
+    /// The caller of `request`; one whose identity is bound to no audience is refused (and
+    /// the refusal recorded).
+    async fn asker<T>(&self, request: &Request<T>, rpc: &str) -> Result<Asker, Status> {
+        let caller = Caller::of(&self.validator.settings().transport, request)?;
+        let Caller::Authenticated(id) = caller else {
+            return Ok(Asker::default());
+        };
+        match self.validator.audience_of(&id) {
+            Some(audience) => Ok(Asker {
+                identity: Some(id),
+                audience: Some(audience),
+            }),
+            None => {
+                let why = format!("{id} is bound to no audience of the policy");
+                self.validator.record_access_denied(&id, rpc, &why).await;
+                Err(Status::permission_denied(why))
+            }
+        }
+    }
+}
+
+fn input(request: pb::CheckRequest, asker: &Asker) -> Result<CheckInput, Error> {
     if request.action.is_empty() {
         return Err(Error::InvalidRequest("action is required".into()));
     }
-    if request.audience.is_empty() {
-        return Err(Error::InvalidRequest("audience is required".into()));
-    }
+    let (audience, declared_audience) = match &asker.audience {
+        Some(bound) => {
+            let declared = (!request.audience.is_empty() && request.audience != *bound)
+                .then_some(request.audience);
+            (bound.clone(), declared)
+        }
+        None if request.audience.is_empty() => {
+            return Err(Error::InvalidRequest("audience is required".into()));
+        }
+        None => (request.audience, None),
+    };
     Ok(CheckInput {
         token: request.token,
         action: Some(request.action),
         resource: request.resource,
-        audience: request.audience,
+        audience,
+        declared_audience,
+        caller: asker.identity.clone(),
         context: request.context.into_iter().collect::<BTreeMap<_, _>>(),
         via: "grpc",
     })
@@ -76,7 +117,8 @@ impl ValidatorApi for ValidatorService {
         &self,
         request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckDecision>, Status> {
-        let input = input(request.into_inner())?;
+        let asker = self.asker(&request, "Check").await?;
+        let input = input(request.into_inner(), &asker)?;
         let verdict = self.validator.check(&input).await?;
         Ok(Response::new(decision(verdict)))
     }
@@ -85,6 +127,7 @@ impl ValidatorApi for ValidatorService {
         &self,
         request: Request<pb::CheckBatchRequest>,
     ) -> Result<Response<pb::CheckBatchResponse>, Status> {
+        let asker = self.asker(&request, "CheckBatch").await?;
         let checks = request.into_inner().checks;
         if checks.len() > MAX_BATCH {
             return Err(
@@ -93,7 +136,7 @@ impl ValidatorApi for ValidatorService {
         }
         let inputs = checks
             .into_iter()
-            .map(input)
+            .map(|check| input(check, &asker))
             .collect::<Result<Vec<_>, _>>()?;
         // Concurrently, so the outbox commits the batch's events together.
         let mut tasks = tokio::task::JoinSet::new();

@@ -118,6 +118,7 @@ async fn introspect(
         audience,
         context: Default::default(),
         via: "introspection",
+        ..CheckInput::default()
     };
     match validator.check(&input).await {
         Ok(verdict) => {

@@ -37,6 +37,7 @@ use trias_policy::Policy;
 use trias_runtime::clock::Clock;
 use trias_runtime::outbox::{Outbox, OutboxConfig};
 use trias_runtime::shipper::ShipperHandle;
+use trias_runtime::tls::{Transport, identity_of};
 
 pub use config::ValidatorConfig;
 pub use error::Error;
@@ -57,6 +58,8 @@ pub enum StartError {
     Outbox(#[from] trias_runtime::outbox::OutboxError),
     #[error("issuer keys: {0}")]
     Keys(String),
+    #[error("{0}")]
+    Tls(#[from] trias_runtime::tls::TlsError),
     #[error("server: {0}")]
     Serve(String),
 }
@@ -68,6 +71,14 @@ pub async fn open(
     clock: Arc<dyn Clock>,
 ) -> Result<Validator, StartError> {
     let policy = Policy::load(&config.policy)?;
+    let transport = Transport::from_config(config.tls.as_ref(), config.dev_plaintext, "validator")?;
+    for (id, audience) in &config.caller_audiences {
+        if policy.audience(audience).is_none() {
+            return Err(StartError::Config(format!(
+                "caller_audiences.{id:?}: the policy has no audience {audience:?}"
+            )));
+        }
+    }
     for (i, client) in config.introspection_clients.iter().enumerate() {
         if policy.audience(&client.audience).is_none() {
             return Err(StartError::Config(format!(
@@ -83,7 +94,8 @@ pub async fn open(
         Arc::clone(&clock),
     )
     .await?;
-    let channel = tonic::transport::Endpoint::from_shared(config.issuer_grpc.clone())
+    let channel = transport
+        .endpoint(&config.issuer_grpc, &identity_of("issuer"))
         .map_err(|e| StartError::Config(format!("issuer_grpc: {e}")))?
         .connect_timeout(Duration::from_secs(3))
         .connect_lazy();
@@ -103,6 +115,8 @@ pub async fn open(
         strict_audit: config.audit.strict,
         jwks_refresh: config.jwks_refresh,
         auditor_url: config.audit.auditor_url.clone(),
+        transport,
+        caller_audiences: config.caller_audiences.clone(),
     };
     Ok(Validator::new(validator::Parts {
         policy,
@@ -218,7 +232,10 @@ pub async fn serve(
         ))
     });
 
-    let grpc_server = tonic::transport::Server::builder()
+    let grpc_server = validator
+        .settings()
+        .transport
+        .server()?
         .add_service(grpc::ValidatorService::new(validator.clone()).into_server())
         .serve_with_incoming_shutdown(trias_runtime::net::nodelay(grpc), stopped(stop_rx.clone()));
     let http = axum::serve::ListenerExt::tap_io(http, |tcp| {
@@ -229,6 +246,7 @@ pub async fn serve(
     let shipper = ShipperHandle::start(
         validator.outbox(),
         validator.settings().auditor_url.as_deref(),
+        &validator.settings().transport,
     );
     let (grpc_result, http_result) = tokio::join!(grpc_server, http_server);
     key_refresher.abort();

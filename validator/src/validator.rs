@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use trias_runtime::tls::{Transport, identity_of};
 
 use tonic::transport::Channel;
 use trias_policy::Policy;
@@ -36,6 +37,10 @@ pub struct Settings {
     pub jwks_refresh: Duration,
     /// Where the audit outbox is shipped; `None` keeps events in the outbox.
     pub auditor_url: Option<String>,
+    /// How gRPC is served and called: mTLS, or plain text in development.
+    pub transport: Transport,
+    /// Audiences of callers whose identity does not name their audience.
+    pub caller_audiences: BTreeMap<String, String>,
 }
 
 /// One question: may this token perform this action on this object, for this audience?
@@ -46,8 +51,13 @@ pub struct CheckInput {
     /// The action; `None` for an introspection, which checks the token alone.
     pub action: Option<String>,
     pub resource: String,
-    /// The calling service's audience.
+    /// The calling service's audience (under mTLS, the one its identity is bound to).
     pub audience: String,
+    /// An audience the request named that differs from the caller's bound one: the check is
+    /// denied `wrong_audience`, whatever the token says.
+    pub declared_audience: Option<String>,
+    /// The caller's mTLS identity, recorded in the audit event.
+    pub caller: Option<String>,
     /// Extra facts recorded in the audit event.
     pub context: BTreeMap<String, String>,
     /// How the question arrived (`grpc`, `introspection`), recorded in the audit event.
@@ -283,6 +293,7 @@ impl Validator {
         let now = unix_seconds(self.inner.clock.now());
         let checks = || -> Outcome {
             check::time(claims, now, self.skew())?;
+            check::declared_audience(&input.audience, input.declared_audience.as_deref())?;
             check::audience(claims, &input.audience)?;
             if let Some(action) = &input.action {
                 check::scope(&self.inner.policy, claims, &input.audience, action)?;
@@ -355,6 +366,33 @@ impl Validator {
         })
     }
 
+    /// The audience a caller with mTLS identity `id` is bound to: configured, or by
+    /// convention `spiffe://trias/<name>` → audience `<name>` when the policy has it.
+    pub fn audience_of(&self, id: &str) -> Option<String> {
+        if let Some(audience) = self.inner.settings.caller_audiences.get(id) {
+            return Some(audience.clone());
+        }
+        let name = id.strip_prefix(&identity_of(""))?;
+        self.inner
+            .policy
+            .audience(name)
+            .is_some()
+            .then(|| name.to_owned())
+    }
+
+    /// Records a gRPC call refused for the caller's mTLS identity.
+    pub async fn record_access_denied(&self, caller: &str, rpc: &str, why: &str) {
+        tracing::warn!(caller, rpc, why, "call refused");
+        let draft = EventDraft::new(EventKind::AccessDenied)
+            .action(rpc)
+            .attribute("caller", caller)
+            .attribute("detail", why)
+            .deny("access_denied");
+        if let Err(error) = self.inner.outbox.record(draft).await {
+            tracing::error!(%error, "audit outbox failed to record a refusal");
+        }
+    }
+
     /// Records the decision; never the token.
     async fn audit(&self, input: &CheckInput, verdict: &Verdict) -> Result<(), Error> {
         let mut draft = EventDraft::new(EventKind::Check)
@@ -362,6 +400,9 @@ impl Validator {
             .action(input.action.clone().unwrap_or_default())
             .resource(input.resource.clone())
             .attribute("via", input.via);
+        if let Some(caller) = &input.caller {
+            draft = draft.attribute("caller", caller.clone());
+        }
         if let Some(claims) = &verdict.claims {
             draft = draft
                 .subject(claims.sub.clone())
