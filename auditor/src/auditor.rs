@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use trias_runtime::access::TokenChecker;
 use trias_runtime::tls::Transport;
 
 use prost::Message as _;
@@ -36,6 +37,8 @@ pub struct Auditor {
     inner: Arc<Inner>,
     /// How gRPC is served and called: mTLS, or plain text in development.
     transport: Transport,
+    /// Where security teams' tokens are checked; `None` refuses them all.
+    access: Option<TokenChecker>,
 }
 
 #[derive(Debug)]
@@ -70,7 +73,20 @@ impl Auditor {
                 producers: producers.into_iter().collect(),
             }),
             transport: Transport::plaintext(),
+            access: None,
         }
+    }
+
+    /// The same auditor, asking `checker` whether security teams' tokens allow a query.
+    pub fn with_access(self, checker: TokenChecker) -> Auditor {
+        Auditor {
+            access: Some(checker),
+            ..self
+        }
+    }
+
+    pub fn access(&self) -> Option<&TokenChecker> {
+        self.access.as_ref()
     }
 
     /// The same auditor, served and calling out over `transport`.

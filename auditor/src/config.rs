@@ -35,6 +35,11 @@ pub struct AuditorConfig {
     /// The producers allowed to append.
     #[serde(default = "default_producers")]
     pub producers: Vec<String>,
+    /// The validator that decides security teams' tokens (`audit:read`, action
+    /// `audit.query` at audience `auditor`). Without it the query, proof, export and alert
+    /// APIs refuse every call.
+    #[serde(default)]
+    pub validator_url: Option<String>,
     /// The detectors' settings.
     #[serde(default)]
     pub detectors: DetectConfig,

@@ -1,8 +1,11 @@
 //! The auditor's gRPC API (`trias.v1.Auditor`): a thin mapping onto [`Auditor`].
 //!
 //! Under mTLS a producer appends only as the identity its name gives
-//! (`spiffe://trias/<producer>`), and only if it is a configured producer; a refused caller
-//! leaves an `access_refused` alert in the log. `WatchAlerts` replays logged alerts, then follows new ones until the
+//! (`spiffe://trias/<producer>`), and only if it is a configured producer. Query, proofs,
+//! export and alerts need a bearer token that the validator says allows `audit.query` at the
+//! auditor (the auditor validates no token itself); `GetCheckpoint` is public, since a
+//! checkpoint is what outsiders verify the log with. A refused caller leaves an
+//! `access_refused` alert in the log. `WatchAlerts` replays logged alerts, then follows new ones until the
 //! caller goes away or the server stops.
 
 use std::pin::Pin;
@@ -13,6 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use trias_proto::v1 as pb;
 use trias_proto::v1::auditor_server::{self, Auditor as AuditorApi};
+use trias_runtime::access::bearer_of;
 use trias_runtime::tls::{Caller, identity_of};
 
 use crate::auditor::{
@@ -23,6 +27,9 @@ use crate::detect::Alert;
 use crate::error::Error;
 use crate::store::{Filter, Order, unix_nanos};
 
+/// The action a security team's token must allow at the auditor's audience (the sample
+/// policy maps it to `audit:read`).
+pub const AUDIT_ACTION: &str = "audit.query";
 /// Entries read from the database per export step.
 const EXPORT_CHUNK: u64 = 1000;
 /// Alerts read from the database per step of a watch.
@@ -60,6 +67,37 @@ impl AuditorService {
 }
 
 impl AuditorService {
+    /// Security teams' calls need a bearer token the validator says allows `audit.query` at
+    /// the auditor; a refusal is logged as an `access_refused` alert.
+    async fn authorize<T>(&self, request: &Request<T>, rpc: &str) -> Result<(), Status> {
+        let caller = Caller::of(self.auditor.transport(), request)?;
+        let who = caller.identity().unwrap_or("unauthenticated").to_owned();
+        let Some(checker) = self.auditor.access() else {
+            let why = "this auditor has no validator to check tokens (validator_url)";
+            return Err(self.refuse(&who, rpc, why, "").await);
+        };
+        let Some(token) = bearer_of(request) else {
+            let why = format!("{rpc} needs a bearer token with audit:read");
+            let status = self.refuse(&who, rpc, &why, "").await;
+            return Err(Status::unauthenticated(status.message().to_owned()));
+        };
+        let decision = checker.check(token, AUDIT_ACTION, rpc).await?;
+        if decision.allowed {
+            tracing::info!(caller = %who, subject = %decision.subject, token_id = %decision.token_id, rpc, "security-team call allowed");
+            return Ok(());
+        }
+        let why = format!(
+            "the token does not allow {AUDIT_ACTION}: {} ({})",
+            decision
+                .reason()
+                .as_str_name()
+                .trim_start_matches("REASON_")
+                .to_lowercase(),
+            decision.detail
+        );
+        Err(self.refuse(&who, rpc, &why, &decision.subject).await)
+    }
+
     /// Logs an `access_refused` alert for `caller` and returns the PERMISSION_DENIED to
     /// answer with; if the alert cannot be logged the caller is refused all the same.
     async fn refuse(&self, caller: &str, rpc: &str, why: &str, subject: &str) -> Status {
@@ -168,6 +206,7 @@ impl AuditorApi for AuditorService {
         &self,
         request: Request<pb::QueryRequest>,
     ) -> Result<Response<Self::QueryStream>, Status> {
+        self.authorize(&request, "Query").await?;
         let request = request.into_inner();
         let filter = filter(&request)?;
         let order = match request.order() {
@@ -236,6 +275,7 @@ impl AuditorApi for AuditorService {
         &self,
         request: Request<pb::GetInclusionProofRequest>,
     ) -> Result<Response<pb::InclusionProof>, Status> {
+        self.authorize(&request, "GetInclusionProof").await?;
         let request = request.into_inner();
         let (tree_size, leaf, hashes) = self
             .auditor
@@ -253,6 +293,7 @@ impl AuditorApi for AuditorService {
         &self,
         request: Request<pb::GetConsistencyProofRequest>,
     ) -> Result<Response<pb::ConsistencyProof>, Status> {
+        self.authorize(&request, "GetConsistencyProof").await?;
         let request = request.into_inner();
         let (to_size, hashes) = self
             .auditor
@@ -271,6 +312,7 @@ impl AuditorApi for AuditorService {
         &self,
         request: Request<pb::WatchAlertsRequest>,
     ) -> Result<Response<Self::WatchAlertsStream>, Status> {
+        self.authorize(&request, "WatchAlerts").await?;
         let mut cursor = request.into_inner().after_index;
         let auditor = self.auditor.clone();
         // Subscribed before the replay, so an alert logged meanwhile is not missed.
@@ -323,6 +365,7 @@ impl AuditorApi for AuditorService {
         &self,
         request: Request<pb::ExportRequest>,
     ) -> Result<Response<Self::ExportStream>, Status> {
+        self.authorize(&request, "Export").await?;
         let request = request.into_inner();
         let (from, to) = self
             .auditor

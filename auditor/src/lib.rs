@@ -33,6 +33,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use trias_runtime::access::TokenChecker;
 use trias_runtime::clock::Clock;
 
 pub use auditor::Auditor;
@@ -80,10 +81,21 @@ pub async fn open(config: &AuditorConfig, clock: Arc<dyn Clock>) -> Result<Audit
         sequencer::Sequencer::start_with(store.clone(), key, clock, config.detectors.clone())
             .await?;
     tracing::info!(verifier = %verifier, "checkpoints are signed by this key");
-    Ok(
-        Auditor::new(store, sequencer, verifier, config.producers.iter().cloned())
-            .with_transport(transport),
-    )
+    let access = match &config.validator_url {
+        Some(url) => Some(TokenChecker::new(&transport, url, "auditor")?),
+        None => {
+            tracing::warn!(
+                "no validator_url: the query, proof, export and alert APIs refuse every call"
+            );
+            None
+        }
+    };
+    let auditor = Auditor::new(store, sequencer, verifier, config.producers.iter().cloned())
+        .with_transport(transport);
+    Ok(match access {
+        Some(checker) => auditor.with_access(checker),
+        None => auditor,
+    })
 }
 
 /// Creates the data directory readable by its owner only: it holds the checkpoint key.

@@ -16,12 +16,14 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use data_encoding::BASE64;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use trias_auditor::checkpoint::{CheckpointBody, SigningKey, Verifier};
 use trias_auditor::merkle::{Frontier, Hash, empty_root, leaf_hash, verify_consistency};
 use trias_proto::v1::auditor_client::AuditorClient;
 use trias_proto::v1::{ExportRequest, GetCheckpointRequest, GetConsistencyProofRequest};
+use trias_runtime::access::Bearer;
 use trias_runtime::tls::{TlsError, Transport, identity_of};
 
 /// Exit code: everything checked verified.
@@ -96,6 +98,16 @@ pub struct VerifyArgs {
         value_name = "DIR"
     )]
     pub pki: PathBuf,
+    /// A security analyst's access token (`audit:read` at audience `auditor`), which the
+    /// auditor needs for proofs and exports (`--previous`, `--full`); the latest checkpoint
+    /// alone is public.
+    #[arg(
+        long,
+        env = "TRIAS_AUDIT_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
 }
 
 /// `trias audit key`.
@@ -257,7 +269,11 @@ pub fn cli_transport(pki: &Path) -> Result<Transport, TlsError> {
     }
 }
 
-async fn connect(url: &str, pki: &Path) -> Result<AuditorClient<Channel>, AuditError> {
+/// An auditor client that sends the analyst's token, if one was given.
+type Client = AuditorClient<InterceptedService<Channel, Bearer>>;
+
+async fn connect(url: &str, pki: &Path, token: Option<&str>) -> Result<Client, AuditError> {
+    let bearer = Bearer::new(token).map_err(|e| usage(format!("--token: {e}")))?;
     let transport = cli_transport(pki).map_err(|e| usage(format!("--pki: {e}")))?;
     let endpoint = transport
         .endpoint(url, &identity_of("auditor"))
@@ -268,7 +284,10 @@ async fn connect(url: &str, pki: &Path) -> Result<AuditorClient<Channel>, AuditE
         .await
         .map_err(|e| usage(format!("cannot reach the auditor at {url}: {e}")))?;
     // Entries are at most 64 KiB each, but a proof or page may carry more than the default.
-    Ok(AuditorClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+    Ok(
+        AuditorClient::with_interceptor(channel, bearer)
+            .max_decoding_message_size(64 * 1024 * 1024),
+    )
 }
 
 async fn verify(args: &VerifyArgs, out: &mut dyn Write) -> Result<(), AuditError> {
@@ -303,7 +322,7 @@ async fn verify(args: &VerifyArgs, out: &mut dyn Write) -> Result<(), AuditError
         None => None,
     };
 
-    let mut client = connect(&args.auditor, &args.pki).await?;
+    let mut client = connect(&args.auditor, &args.pki, args.token.as_deref()).await?;
     let checkpoint = client
         .get_checkpoint(GetCheckpointRequest {})
         .await
@@ -359,7 +378,7 @@ async fn verify(args: &VerifyArgs, out: &mut dyn Write) -> Result<(), AuditError
 /// Checks that the checkpoint `new` extends the saved `old`: sizes never go backwards, the
 /// same size has the same root, and a larger tree comes with a valid consistency proof.
 async fn check_consistency(
-    client: &mut AuditorClient<Channel>,
+    client: &mut Client,
     old: &CheckpointBody,
     new: &CheckpointBody,
     path: &Path,
@@ -432,10 +451,7 @@ fn progress_bar(size: u64) -> ProgressBar {
 /// Streams every entry up to the checkpoint's size and re-derives the root leaf by leaf
 /// through a frontier (memory grows with log n, plus one small frontier per
 /// [`SNAPSHOT_EVERY`] entries kept to locate a mismatch).
-async fn rederive(
-    client: &mut AuditorClient<Channel>,
-    body: &CheckpointBody,
-) -> Result<(), AuditError> {
+async fn rederive(client: &mut Client, body: &CheckpointBody) -> Result<(), AuditError> {
     let size = body.tree_size;
     if size == 0 {
         return if body.root == empty_root() {
@@ -502,7 +518,7 @@ async fn rederive(
 /// does, so a binary search over prefix sizes finds it in O(log n) proofs, each prefix root
 /// rebuilt from the nearest kept frontier and at most [`SNAPSHOT_EVERY`] re-exported entries.
 async fn first_mismatch(
-    client: &mut AuditorClient<Channel>,
+    client: &mut Client,
     snapshots: &[Frontier],
     size: u64,
     signed_root: &Hash,
@@ -521,7 +537,7 @@ async fn first_mismatch(
 }
 
 async fn prefix_is_consistent(
-    client: &mut AuditorClient<Channel>,
+    client: &mut Client,
     snapshots: &[Frontier],
     prefix: u64,
     size: u64,

@@ -68,7 +68,7 @@ pub async fn up(data_dir: &Path) -> Result<(), Error> {
         std::fs::write(
             &auditor_config,
             format!(
-                "# The local auditor; see docs/configuration.md.\ngrpc_addr = \"{AUDITOR_GRPC}\"\ndata_dir = {:?}\n",
+                "# The local auditor; see docs/configuration.md.\ngrpc_addr = \"{AUDITOR_GRPC}\"\ndata_dir = {:?}\nvalidator_url = \"http://{VALIDATOR_GRPC}\"\n",
                 data_dir.join("auditor").display().to_string(),
             ),
         )?;
@@ -98,6 +98,13 @@ pub async fn up(data_dir: &Path) -> Result<(), Error> {
     // Also for a data directory from before the auditor was part of the stack.
     for config in [&issuer_config, &validator_config] {
         ship_to_auditor(config)?;
+    }
+    // The auditor has the validator check security teams' tokens (also for a data directory
+    // from before it did).
+    let auditor_text = std::fs::read_to_string(&auditor_config)?;
+    if !auditor_text.contains("validator_url") {
+        let line = format!("validator_url = \"http://{VALIDATOR_GRPC}\"\n");
+        std::fs::write(&auditor_config, format!("{line}{auditor_text}"))?;
     }
     // Mutual TLS between the services, with development certificates (also for a data
     // directory from before mTLS).
@@ -287,6 +294,22 @@ async fn create_demo(issuer_config: &Path) -> Result<serde_json::Value, Error> {
     issuer
         .assign_role_locally(&service.client.client_id, "clerk")
         .await?;
+    // A security team's service client: its tokens (audit:read at audience auditor) open
+    // the auditor's queries, proofs and exports.
+    let analyst = issuer
+        .register_client(
+            &local,
+            ClientSpec {
+                name: "demo security-team client".into(),
+                grant_types: [GrantType::ClientCredentials].into(),
+                scopes: ["audit:read"].map(String::from).into(),
+                ..ClientSpec::default()
+            },
+        )
+        .await?;
+    issuer
+        .assign_role_locally(&analyst.client.client_id, "security-analyst")
+        .await?;
     let frontend = issuer
         .register_client(
             &local,
@@ -332,6 +355,8 @@ async fn create_demo(issuer_config: &Path) -> Result<serde_json::Value, Error> {
         "auditor_grpc": format!("http://{AUDITOR_GRPC}"),
         "demo_client_id": service.client.client_id,
         "demo_client_secret": service.secret,
+        "demo_analyst_client_id": analyst.client.client_id,
+        "demo_analyst_client_secret": analyst.secret,
         "demo_frontend_client_id": frontend.client.client_id,
         "demo_redirect_uri": DEMO_REDIRECT,
         "users": users,
@@ -351,6 +376,11 @@ fn write_stack(data_dir: &Path, stack: &serde_json::Value) -> Result<(), Error> 
         ("TRIAS_PKI", "pki"),
         ("TRIAS_DEMO_CLIENT_ID", "demo_client_id"),
         ("TRIAS_DEMO_CLIENT_SECRET", "demo_client_secret"),
+        ("TRIAS_DEMO_ANALYST_CLIENT_ID", "demo_analyst_client_id"),
+        (
+            "TRIAS_DEMO_ANALYST_CLIENT_SECRET",
+            "demo_analyst_client_secret",
+        ),
         ("TRIAS_DEMO_FRONTEND_CLIENT_ID", "demo_frontend_client_id"),
         ("TRIAS_DEMO_REDIRECT_URI", "demo_redirect_uri"),
     ] {

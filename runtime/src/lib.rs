@@ -4,6 +4,7 @@
 //! The issuer and validator record every audit event in their [`outbox`] before they answer;
 //! the [`shipper`] forwards what is there to the auditor.
 
+pub mod access;
 pub mod clock;
 pub mod config;
 pub mod event;

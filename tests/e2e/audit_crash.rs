@@ -30,7 +30,9 @@ use trias_proto::v1::auditor_client::AuditorClient;
 use trias_proto::v1::{
     AppendRequest, AuditEvent, Decision, EventKind, ExportRequest, GetCheckpointRequest,
 };
+use trias_runtime::access::Bearer;
 use trias_runtime::clock::timestamp;
+use trias_tests::auditor::AccessStack;
 use trias_tests::validator::{ValidatorHandle, ValidatorOptions, start_validator};
 use trias_tests::{
     Backend, IssuerHandle, IssuerOptions, PostgresDb, client_credentials, fresh_postgres,
@@ -182,7 +184,9 @@ async fn sigkill_under_load_loses_nothing_and_doubles_nothing(backend: Backend) 
         },
     };
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), database.as_ref());
+    // The services that decide the security-team token the final verification uses.
+    let access = AccessStack::start().await;
+    let config = write_config(dir.path(), database.as_ref(), &access.validator_url());
     let mut auditor = spawn_auditor(&config, "127.0.0.1:0").await;
 
     let issuer = start_issuer(IssuerOptions {
@@ -267,7 +271,7 @@ async fn sigkill_under_load_loses_nothing_and_doubles_nothing(backend: Backend) 
     let issuer_last = issuer.issuer.outbox().last_seq();
     let validator_last = validator.validator.outbox().last_seq();
 
-    let log = export(&auditor).await;
+    let log = export(&auditor, &access.token).await;
     // Each producer's events are in the log exactly once, numbered without a hole, up to the
     // last one it recorded.
     let mut seqs: HashMap<&str, Vec<u64>> = HashMap::new();
@@ -340,6 +344,8 @@ async fn sigkill_under_load_loses_nothing_and_doubles_nothing(backend: Backend) 
             "--full",
             "--pki",
             &trias_tests::pki().dir.display().to_string(),
+            "--token",
+            &access.token,
         ],
         &mut report,
     )
@@ -349,15 +355,16 @@ async fn sigkill_under_load_loses_nothing_and_doubles_nothing(backend: Backend) 
     validator.stop().await;
     issuer.stop().await;
     auditor.kill().await;
+    access.stop().await;
     if let Some(db) = database {
         db.drop_database().await;
     }
 }
 
 /// The auditor's configuration file in `dir`, on SQLite there or on `database`.
-fn write_config(dir: &Path, database: Option<&PostgresDb>) -> PathBuf {
+fn write_config(dir: &Path, database: Option<&PostgresDb>, validator_url: &str) -> PathBuf {
     let mut text = format!(
-        "data_dir = {:?}\norigin = \"trias.test/crash\"\nproducers = [\"issuer\", \"validator\", \"{DIRECT}\"]\n",
+        "data_dir = {:?}\norigin = \"trias.test/crash\"\nproducers = [\"issuer\", \"validator\", \"{DIRECT}\"]\nvalidator_url = {validator_url:?}\n",
         dir.join("data").display().to_string()
     );
     if let Some(db) = database {
@@ -488,10 +495,10 @@ async fn append_directly(
 }
 
 /// Every event of the log, through `Export`, checking each leaf is what the entry says.
-async fn export(auditor: &AuditorProcess) -> Vec<AuditEvent> {
-    let mut stream = auditor
-        .client()
-        .await
+async fn export(auditor: &AuditorProcess, token: &str) -> Vec<AuditEvent> {
+    let channel = trias_tests::channel(auditor.addr.parse().unwrap(), "auditor", "cli").await;
+    let mut stream = AuditorClient::with_interceptor(channel, Bearer::new(Some(token)).unwrap())
+        .max_decoding_message_size(usize::MAX)
         .export(ExportRequest::default())
         .await
         .unwrap()

@@ -43,7 +43,18 @@ async fn trias_audit(args: &[&str]) -> (u8, String) {
 async fn verify(auditor: &AuditorHandle, key: &str, more: &[&str]) -> (u8, String) {
     let url = format!("http://{}", auditor.grpc_addr);
     let pki = trias_tests::pki().dir.display().to_string();
-    let mut args = vec!["verify", "--auditor", &url, "--key", key, "--pki", &pki];
+    let token = auditor.access().token.clone();
+    let mut args = vec![
+        "verify",
+        "--auditor",
+        &url,
+        "--key",
+        key,
+        "--pki",
+        &pki,
+        "--token",
+        &token,
+    ];
     args.extend_from_slice(more);
     trias_audit(&args).await
 }

@@ -22,6 +22,7 @@ both_backends!(
     queries_filter_order_and_page,
     refused_batches_append_nothing,
     a_producer_appends_only_as_itself,
+    security_team_calls_need_an_audit_read_token,
     a_restarted_auditor_keeps_a_verifiable_log,
     a_tampered_row_is_caught_by_an_export,
 );
@@ -123,6 +124,86 @@ async fn a_producer_appends_only_as_itself(backend: Backend) {
     append(&auditor, "issuer", events(&auditor, "issuer", 1..2))
         .await
         .unwrap();
+    auditor.stop().await;
+}
+
+/// Query, proofs and export need a bearer token that the validator says allows
+/// `audit.query` at the auditor; the latest checkpoint is public. Every refusal is logged
+/// as an `access_refused` alert naming the caller and why.
+async fn security_team_calls_need_an_audit_read_token(backend: Backend) {
+    let Some(auditor) = start_auditor(AuditorOptions::on(backend)).await else {
+        return;
+    };
+    append(&auditor, "issuer", events(&auditor, "issuer", 1..3))
+        .await
+        .unwrap();
+    let mut anonymous = auditor.grpc_with("cli", None).await;
+    let checkpoint = anonymous
+        .get_checkpoint(GetCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(checkpoint.tree_size, 2);
+
+    let status = anonymous.query(QueryRequest::default()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let status = anonymous
+        .export(ExportRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let status = anonymous
+        .get_consistency_proof(GetConsistencyProofRequest {
+            from_size: 1,
+            to_size: 2,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+
+    // A clerk's token is a good token, but not for the auditor and without audit:read.
+    let clerk = auditor
+        .access()
+        .issuer
+        .token_for(&["clerk"], "payments:read", "")
+        .await;
+    let status = auditor
+        .grpc_with("cli", Some(&clerk))
+        .await
+        .query(QueryRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("wrong_audience"), "{status:?}");
+
+    // The analyst's token is let in, and sees the four refusals.
+    let alerts = auditor
+        .query(QueryRequest {
+            kinds: vec![EventKind::Alert as i32],
+            order: Order::OldestFirst as i32,
+            ..Default::default()
+        })
+        .await;
+    // (the call refused, and whether it was for a token meant for another audience)
+    let refused: Vec<(String, bool)> = alerts
+        .iter()
+        .map(|entry| {
+            let event = entry.event.as_ref().unwrap();
+            assert_eq!(event.reason, "access_refused");
+            assert_eq!(event.attributes["caller"], "spiffe://trias/cli");
+            let why = &event.attributes["why"];
+            (event.action.clone(), why.contains("wrong_audience"))
+        })
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            ("Query".to_owned(), false),
+            ("Export".to_owned(), false),
+            ("GetConsistencyProof".to_owned(), false),
+            ("Query".to_owned(), true),
+        ]
+    );
     auditor.stop().await;
 }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use trias_auditor::checkpoint::{CheckpointBody, Verifier};
 use trias_auditor::detect::DetectConfig;
@@ -21,9 +22,51 @@ use trias_proto::v1::{
     AuditEvent, Checkpoint, Decision, EventKind, ExportRequest, LogEntry, Order, QueryRequest,
     WatchAlertsRequest,
 };
+use trias_runtime::access::Bearer;
 use trias_runtime::clock::{Clock, ManualClock, timestamp};
 
-use crate::{Backend, PostgresDb, fresh_postgres};
+use crate::validator::{ValidatorHandle, ValidatorOptions, start_validator};
+use crate::{Backend, IssuerHandle, IssuerOptions, PostgresDb, fresh_postgres, start_issuer};
+
+/// An auditor client sending a bearer token (or none).
+pub type AuditorGrpc = AuditorClient<InterceptedService<Channel, Bearer>>;
+
+/// The services that decide the auditor's security-team tokens — a private issuer and a
+/// validator following it — and a security analyst's token (`audit:read` at `auditor`).
+#[derive(Debug)]
+pub struct AccessStack {
+    pub issuer: IssuerHandle,
+    pub validator: ValidatorHandle,
+    /// The analyst's access token.
+    pub token: String,
+}
+
+impl AccessStack {
+    pub async fn start() -> AccessStack {
+        let issuer = start_issuer(IssuerOptions::default()).await.unwrap();
+        let validator = start_validator(&issuer, ValidatorOptions::default())
+            .await
+            .unwrap();
+        let token = issuer
+            .token_for(&["security-analyst"], "audit:read", "auditor")
+            .await;
+        AccessStack {
+            issuer,
+            validator,
+            token,
+        }
+    }
+
+    /// The validator's URL, as the auditor's `validator_url`.
+    pub fn validator_url(&self) -> String {
+        format!("http://{}", self.validator.grpc_addr)
+    }
+
+    pub async fn stop(self) {
+        self.validator.stop().await;
+        self.issuer.stop().await;
+    }
+}
 
 /// What to start an auditor with.
 #[derive(Debug, Clone)]
@@ -67,6 +110,8 @@ pub struct AuditorHandle {
     pub dir: Arc<tempfile::TempDir>,
     config: AuditorConfig,
     database: Option<PostgresDb>,
+    /// Decides the security-team tokens; shared by the auditor's restarts.
+    access: Option<Arc<AccessStack>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -74,6 +119,7 @@ pub struct AuditorHandle {
 /// Starts an auditor; returns `None` only for a PostgreSQL run with no server configured.
 pub async fn start_auditor(options: AuditorOptions) -> Option<AuditorHandle> {
     let dir = Arc::new(tempfile::tempdir().unwrap());
+    let access = Arc::new(AccessStack::start().await);
     let producers = options
         .producers
         .iter()
@@ -84,6 +130,7 @@ pub async fn start_auditor(options: AuditorOptions) -> Option<AuditorHandle> {
         ("DATA_DIR", dir.path().join("data").display().to_string()),
         ("ORIGIN", options.origin.clone()),
         ("PRODUCERS", format!("[{producers}]")),
+        ("VALIDATOR_URL", access.validator_url()),
         (
             "DETECTORS__NEVER_ISSUED_GRACE",
             format!("{}ms", options.detectors.never_issued_grace.as_millis()),
@@ -112,13 +159,14 @@ pub async fn start_auditor(options: AuditorOptions) -> Option<AuditorHandle> {
     let config = AuditorConfig::load(None, &env).unwrap();
     let clock = Arc::new(ManualClock::new(SystemTime::now()));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    Some(serve(config, dir, database, clock, listener).await)
+    Some(serve(config, dir, database, access, clock, listener).await)
 }
 
 async fn serve(
     config: AuditorConfig,
     dir: Arc<tempfile::TempDir>,
     database: Option<PostgresDb>,
+    access: Arc<AccessStack>,
     clock: Arc<ManualClock>,
     listener: TcpListener,
 ) -> AuditorHandle {
@@ -141,20 +189,33 @@ async fn serve(
         dir,
         config,
         database,
+        access: Some(access),
         shutdown: Some(tx),
         task: Some(task),
     }
 }
 
 impl AuditorHandle {
-    /// A gRPC client connected to the auditor, as the issuer.
-    pub async fn grpc(&self) -> AuditorClient<Channel> {
+    /// A gRPC client connected to the auditor as the issuer, sending the analyst's token.
+    pub async fn grpc(&self) -> AuditorGrpc {
         self.grpc_as("issuer").await
     }
 
-    /// A gRPC client connected to the auditor as identity `name` of the test PKI.
-    pub async fn grpc_as(&self, name: &str) -> AuditorClient<Channel> {
-        AuditorClient::new(crate::channel(self.grpc_addr, "auditor", name).await)
+    /// A gRPC client connected to the auditor as identity `name` of the test PKI, sending
+    /// the analyst's token.
+    pub async fn grpc_as(&self, name: &str) -> AuditorGrpc {
+        self.grpc_with(name, Some(&self.access().token)).await
+    }
+
+    /// The services that decide its security-team tokens.
+    pub fn access(&self) -> &AccessStack {
+        self.access.as_deref().unwrap()
+    }
+
+    /// A gRPC client connected as identity `name`, sending `token` (or none).
+    pub async fn grpc_with(&self, name: &str, token: Option<&str>) -> AuditorGrpc {
+        let channel = crate::channel(self.grpc_addr, "auditor", name).await;
+        AuditorClient::with_interceptor(channel, Bearer::new(token).unwrap())
             // Room for a full batch of maximal events.
             .max_encoding_message_size(usize::MAX)
     }
@@ -219,7 +280,8 @@ impl AuditorHandle {
             self.clock.clone(),
         );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        serve(config, dir, self.database.take(), clock, listener).await
+        let access = self.access.take().unwrap();
+        serve(config, dir, self.database.take(), access, clock, listener).await
     }
 
     /// Stops the auditor, keeping its data and its address for [`StoppedAuditor::up`].
@@ -231,6 +293,7 @@ impl AuditorHandle {
             dir: Arc::clone(&self.dir),
             clock: self.clock.clone(),
             database: self.database.take(),
+            access: self.access.take().unwrap(),
         }
     }
 
@@ -291,11 +354,17 @@ impl AuditorHandle {
         AlertWatch { stream }
     }
 
-    /// Stops the auditor, waits for it to drain, and drops its PostgreSQL database.
+    /// Stops the auditor, waits for it to drain, and drops its PostgreSQL database (and
+    /// stops its access stack unless a restarted handle still shares it).
     pub async fn stop(mut self) {
         self.halt().await;
         if let Some(db) = self.database.take() {
             db.drop_database().await;
+        }
+        if let Some(access) = self.access.take()
+            && let Ok(access) = Arc::try_unwrap(access)
+        {
+            access.stop().await;
         }
     }
 }
@@ -308,6 +377,7 @@ pub struct StoppedAuditor {
     dir: Arc<tempfile::TempDir>,
     clock: Arc<ManualClock>,
     database: Option<PostgresDb>,
+    access: Arc<AccessStack>,
 }
 
 impl StoppedAuditor {
@@ -325,7 +395,15 @@ impl StoppedAuditor {
                 }
             }
         };
-        serve(self.config, self.dir, self.database, self.clock, listener).await
+        serve(
+            self.config,
+            self.dir,
+            self.database,
+            self.access,
+            self.clock,
+            listener,
+        )
+        .await
     }
 }
 

@@ -365,6 +365,24 @@ impl IssuerHandle {
         (id, secret.unwrap())
     }
 
+    /// A client_credentials token for a new service client holding `roles`, for `scope`
+    /// at `resource` (RFC 8707; "" for the policy's default audience).
+    pub async fn token_for(&self, roles: &[&str], scope: &str, resource: &str) -> String {
+        let scopes: Vec<&str> = scope.split(' ').collect();
+        let (id, secret) = self.service_client(roles, &scopes).await;
+        let request = TokenRequest {
+            resource: resource.into(),
+            ..client_credentials(&id, &secret, scope)
+        };
+        self.grpc()
+            .await
+            .token(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .access_token
+    }
+
     /// A frontend using authorization_code and refresh_token, allowed `scopes`.
     pub async fn frontend(&self, scopes: &[&str], public: bool) -> Frontend {
         let grants = [GrantType::AuthorizationCode, GrantType::RefreshToken];
