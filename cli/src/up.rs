@@ -78,7 +78,7 @@ pub async fn up(data_dir: &Path) -> Result<(), Error> {
         std::fs::write(
             &issuer_config,
             format!(
-                "# The local issuer; see docs/configuration.md.\ngrpc_addr = \"{ISSUER_GRPC}\"\nhttp_addr = \"{ISSUER_HTTP}\"\ndata_dir = {:?}\npolicy = {:?}\n",
+                "# The local issuer; see docs/configuration.md.\ngrpc_addr = \"{ISSUER_GRPC}\"\nhttp_addr = \"{ISSUER_HTTP}\"\ndata_dir = {:?}\npolicy = {:?}\nvalidator_url = \"http://{VALIDATOR_GRPC}\"\n",
                 data_dir.join("issuer").display().to_string(),
                 policy.display().to_string(),
             ),
@@ -99,12 +99,14 @@ pub async fn up(data_dir: &Path) -> Result<(), Error> {
     for config in [&issuer_config, &validator_config] {
         ship_to_auditor(config)?;
     }
-    // The auditor has the validator check security teams' tokens (also for a data directory
-    // from before it did).
-    let auditor_text = std::fs::read_to_string(&auditor_config)?;
-    if !auditor_text.contains("validator_url") {
-        let line = format!("validator_url = \"http://{VALIDATOR_GRPC}\"\n");
-        std::fs::write(&auditor_config, format!("{line}{auditor_text}"))?;
+    // The auditor and the issuer have the validator check security teams' and
+    // administrators' tokens (also for a data directory from before they did).
+    for config in [&auditor_config, &issuer_config] {
+        let text = std::fs::read_to_string(config)?;
+        if !text.contains("validator_url") {
+            let line = format!("validator_url = \"http://{VALIDATOR_GRPC}\"\n");
+            std::fs::write(config, format!("{line}{text}"))?;
+        }
     }
     // Mutual TLS between the services, with development certificates (also for a data
     // directory from before mTLS).

@@ -47,6 +47,10 @@ pub struct IssuerConfig {
     pub role_grant_ttl: Duration,
     #[serde(default)]
     pub key_algorithm: KeyAlgorithm,
+    /// The validator that decides admin tokens (the issuer validates none itself); without
+    /// it the admin API refuses every call.
+    #[serde(default)]
+    pub validator_url: Option<String>,
     /// The identities (mTLS URI SANs) allowed to follow the revocation feed.
     #[serde(default = "default_validators")]
     pub validators: Vec<String>,

@@ -41,6 +41,9 @@ pub enum Error {
     AlreadyExists(String),
     #[error("the audit outbox cannot record the event; nothing was issued")]
     AuditUnavailable,
+    /// A service the issuer depends on for this call (the validator) cannot be asked.
+    #[error("{0}")]
+    Unavailable(String),
     /// The string is for the log only; the caller sees "internal error".
     #[error("internal error")]
     Internal(String),
@@ -64,7 +67,7 @@ impl Error {
             Error::InvalidToken(_) => "invalid_token",
             Error::InsufficientScope(_) => "insufficient_scope",
             Error::MfaRequired => "mfa_required",
-            Error::AuditUnavailable => "temporarily_unavailable",
+            Error::AuditUnavailable | Error::Unavailable(_) => "temporarily_unavailable",
             Error::Internal(_) => "server_error",
         }
     }
@@ -76,7 +79,7 @@ impl Error {
             Error::AccessDenied(_) | Error::LoginFailed | Error::InsufficientScope(_) => 403,
             Error::NotFound(_) => 404,
             Error::AlreadyExists(_) => 409,
-            Error::AuditUnavailable => 503,
+            Error::AuditUnavailable | Error::Unavailable(_) => 503,
             Error::Internal(_) => 500,
             _ => 400,
         }
@@ -99,7 +102,7 @@ impl Error {
             Error::MfaRequired => Code::FailedPrecondition,
             Error::NotFound(_) => Code::NotFound,
             Error::AlreadyExists(_) => Code::AlreadyExists,
-            Error::AuditUnavailable => Code::Unavailable,
+            Error::AuditUnavailable | Error::Unavailable(_) => Code::Unavailable,
             Error::Internal(_) => Code::Internal,
         }
     }

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use trias_policy::Policy;
+use trias_runtime::access::TokenChecker;
 use trias_runtime::clock::Clock;
 use trias_runtime::outbox::{Outbox, OutboxConfig};
 use trias_runtime::shipper::ShipperHandle;
@@ -80,6 +81,13 @@ pub async fn open(config: &IssuerConfig, clock: Arc<dyn Clock>) -> Result<Issuer
         role_grant_ttl: config.role_grant_ttl,
         admin_audience: config.admin_audience.clone(),
         auditor_url: config.audit.auditor_url.clone(),
+        admin_check: match &config.validator_url {
+            Some(url) => Some(TokenChecker::new(&transport, url, &config.admin_audience)?),
+            None => {
+                tracing::warn!("no validator_url: the admin api refuses every call");
+                None
+            }
+        },
         transport,
         validators: config.validators.clone(),
     };

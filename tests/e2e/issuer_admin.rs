@@ -95,7 +95,8 @@ async fn the_admin_api_demands_an_admin_token(backend: Backend) {
         .list_keys(with_bearer(Default::default(), &keys_only))
         .await;
     refused(revoked, Code::Unauthenticated, "invalid_token");
-    issuer.advance(300);
+    // Past its expiry and the validator's clock skew (5 s).
+    issuer.advance(306);
     let expired = grpc
         .list_users(with_bearer(ListUsersRequest {}, &users))
         .await;
@@ -124,10 +125,59 @@ async fn the_admin_api_demands_an_admin_token(backend: Backend) {
         ]
     );
     assert!(denied.iter().all(|e| e.decision() == Decision::Deny));
+    // The validator decided every presented token (the anonymous call had none), asked by
+    // the issuer's own identity.
+    let checks = issuer.admin_validator().unwrap().check_events().await;
+    let reasons: Vec<&str> = checks.iter().map(|c| c.reason.as_str()).collect();
+    assert_eq!(
+        reasons,
+        [
+            "malformed",
+            "wrong_audience",
+            "insufficient_scope",
+            "",
+            "revoked",
+            "expired"
+        ]
+    );
+    assert!(
+        checks
+            .iter()
+            .all(|c| c.audience == "issuer-admin"
+                && c.attributes["caller"] == "spiffe://trias/issuer")
+    );
     assert_no_bearer_values(
         &issuer.events().await,
         &[&service_token, &keys_only, &users, &secret, &admin.password],
     );
+    issuer.stop().await;
+}
+
+both_backends!(without_a_validator_the_admin_api_is_off);
+/// The issuer validates no token for its own admin API: with no validator to ask, every
+/// admin call is refused (and the refusal recorded), even with a good admin token.
+async fn without_a_validator_the_admin_api_is_off(backend: Backend) {
+    let Some(issuer) = start_issuer(IssuerOptions {
+        admin_validator: false,
+        ..IssuerOptions::on(backend)
+    })
+    .await
+    else {
+        return;
+    };
+    let admin = issuer.admin("root").await;
+    let token = issuer.admin_token(&admin, "admin:users").await;
+    let status = issuer
+        .grpc()
+        .await
+        .list_users(with_bearer(ListUsersRequest {}, &token))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("no validator"), "{status:?}");
+    let denied = issuer.events_of(EventKind::AdminDenied).await;
+    assert_eq!(denied.len(), 1);
+    assert_eq!(denied[0].reason, "temporarily_unavailable");
     issuer.stop().await;
 }
 

@@ -107,6 +107,8 @@ pub struct IssuerOptions {
     pub access_token_ttl: Duration,
     /// Ship the outbox to this auditor (`audit.auditor_url`).
     pub auditor_url: Option<String>,
+    /// Start a validator beside the issuer to decide its admin tokens (`validator_url`).
+    pub admin_validator: bool,
 }
 
 impl Default for IssuerOptions {
@@ -119,6 +121,7 @@ impl Default for IssuerOptions {
             key_publish_delay: Duration::from_secs(60),
             access_token_ttl: Duration::from_secs(300),
             auditor_url: None,
+            admin_validator: true,
         }
     }
 }
@@ -145,6 +148,8 @@ pub struct IssuerHandle {
     http: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    /// The validator that decides this issuer's admin tokens.
+    admin_validator: Option<Box<validator::ValidatorHandle>>,
 }
 
 /// Starts an issuer; returns `None` only for a PostgreSQL run with no server configured.
@@ -196,6 +201,17 @@ pub async fn start_issuer(options: IssuerOptions) -> Option<IssuerHandle> {
         env.insert("TRIAS_ISSUER_AUDIT__AUDITOR_URL".to_owned(), url.clone());
     }
     env.extend(tls_env(trias_issuer::config::ENV_PREFIX, "issuer"));
+    // The admin validator's listener is bound now, so the issuer can name it.
+    let admin_listener = match options.admin_validator {
+        true => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+        false => None,
+    };
+    if let Some(listener) = &admin_listener {
+        env.insert(
+            "TRIAS_ISSUER_VALIDATOR_URL".to_owned(),
+            format!("http://{}", listener.local_addr().unwrap()),
+        );
+    }
     let config = trias_issuer::IssuerConfig::load(None, &env).unwrap();
     let clock: Arc<dyn Clock> = options.clock.clone();
     let issuer = trias_issuer::open(&config, clock).await.unwrap();
@@ -208,7 +224,7 @@ pub async fn start_issuer(options: IssuerOptions) -> Option<IssuerHandle> {
         .await
         .unwrap();
     });
-    Some(IssuerHandle {
+    let mut handle = IssuerHandle {
         grpc_addr,
         http_addr,
         issuer,
@@ -218,7 +234,20 @@ pub async fn start_issuer(options: IssuerOptions) -> Option<IssuerHandle> {
         http: reqwest::Client::new(),
         shutdown: Some(tx),
         task: Some(task),
-    })
+        admin_validator: None,
+    };
+    if let Some(listener) = admin_listener {
+        let validator_options = validator::ValidatorOptions {
+            policy: options.policy.clone(),
+            introspection_clients: Vec::new(),
+            ..validator::ValidatorOptions::default()
+        };
+        let validator = validator::start_validator_on(&handle, validator_options, listener)
+            .await
+            .unwrap();
+        handle.admin_validator = Some(Box::new(validator));
+    }
+    Some(handle)
 }
 
 /// A login frontend registered at the issuer: an authorization_code (and refresh_token) client.
@@ -307,6 +336,11 @@ impl HttpReply {
 }
 
 impl IssuerHandle {
+    /// The validator that decides this issuer's admin tokens, if it has one.
+    pub fn admin_validator(&self) -> Option<&validator::ValidatorHandle> {
+        self.admin_validator.as_deref()
+    }
+
     /// A gRPC client connected to the issuer, as the operator's CLI.
     pub async fn grpc(&self) -> IssuerClient<Channel> {
         self.grpc_as("cli").await
@@ -515,8 +549,12 @@ impl IssuerHandle {
         events
     }
 
-    /// Stops the issuer, waits for it to drain, and drops its PostgreSQL database.
+    /// Stops the issuer (and its admin validator), waits for it to drain, and drops its
+    /// PostgreSQL database.
     pub async fn stop(mut self) {
+        if let Some(validator) = self.admin_validator.take() {
+            validator.stop().await;
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

@@ -96,10 +96,20 @@ pub async fn start_validator(
     issuer: &IssuerHandle,
     options: ValidatorOptions,
 ) -> Option<ValidatorHandle> {
+    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_validator_on(issuer, options, grpc).await
+}
+
+/// [`start_validator`] serving gRPC on `grpc`, bound beforehand (so a service configured
+/// before the validator starts can already name its address).
+pub async fn start_validator_on(
+    issuer: &IssuerHandle,
+    options: ValidatorOptions,
+    grpc: TcpListener,
+) -> Option<ValidatorHandle> {
     let dir = tempfile::tempdir().unwrap();
     let policy_path = dir.path().join("policy.toml");
     std::fs::write(&policy_path, &options.policy).unwrap();
-    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
     let clients = options

@@ -138,6 +138,7 @@ mod tests {
             nbf: None,
             jti: jti.into(),
             sid: None,
+            acr: None,
             kid: "k".into(),
         })
     }

@@ -278,6 +278,8 @@ pub struct Claims {
     pub jti: String,
     /// The refresh family, if any.
     pub sid: Option<String>,
+    /// How the subject authenticated (`mfa` after a second factor), if the token says.
+    pub acr: Option<String>,
     /// The key that verified the token.
     pub kid: String,
 }
@@ -343,6 +345,7 @@ pub fn claims(raw: &Map<String, Value>, kid: &str) -> Outcome<Claims> {
         jti: string("jti")?,
         nbf: time("nbf")?,
         sid: optional_string("sid")?.filter(|s| !s.is_empty()),
+        acr: optional_string("acr")?.filter(|s| !s.is_empty()),
         scopes,
         kid: kid.to_owned(),
     })

@@ -65,10 +65,10 @@ pub struct ValidatorConfig {
     #[serde(default)]
     pub audit: AuditConfig,
     /// The audience of each caller identity (mTLS URI SAN) whose name is not its audience;
-    /// any other `spiffe://trias/<name>` is bound to audience `<name>`. The issuer checks
-    /// admin tokens at `issuer-admin`.
-    #[serde(default = "default_caller_audiences")]
-    pub caller_audiences: BTreeMap<String, String>,
+    /// any other `spiffe://trias/<name>` is bound to audience `<name>`. By default the
+    /// issuer checks admin tokens at `issuer-admin` (when the policy has that audience).
+    #[serde(default)]
+    pub caller_audiences: Option<BTreeMap<String, String>>,
     /// Backends allowed to call the introspection endpoint, each bound to one audience.
     #[serde(default)]
     pub introspection_clients: Vec<IntrospectionClient>,
@@ -133,13 +133,6 @@ impl IntrospectionClient {
             .ok()?;
         bytes.try_into().ok()
     }
-}
-
-fn default_caller_audiences() -> BTreeMap<String, String> {
-    BTreeMap::from([(
-        trias_runtime::tls::identity_of("issuer"),
-        "issuer-admin".to_owned(),
-    )])
 }
 
 fn default_grpc_addr() -> SocketAddr {

@@ -106,6 +106,7 @@ fn decision(verdict: Verdict) -> pb::CheckDecision {
         decision.client_id = claims.client_id.clone();
         decision.scopes = claims.scopes.iter().cloned().collect();
         decision.token_id = claims.jti.clone();
+        decision.acr = claims.acr.clone().unwrap_or_default();
         decision.expires_at = Some(timestamp(from_unix_seconds(claims.exp)));
     }
     decision

@@ -72,13 +72,22 @@ pub async fn open(
 ) -> Result<Validator, StartError> {
     let policy = Policy::load(&config.policy)?;
     let transport = Transport::from_config(config.tls.as_ref(), config.dev_plaintext, "validator")?;
-    for (id, audience) in &config.caller_audiences {
-        if policy.audience(audience).is_none() {
-            return Err(StartError::Config(format!(
-                "caller_audiences.{id:?}: the policy has no audience {audience:?}"
-            )));
+    let caller_audiences = match &config.caller_audiences {
+        Some(configured) => {
+            for (id, audience) in configured {
+                if policy.audience(audience).is_none() {
+                    return Err(StartError::Config(format!(
+                        "caller_audiences.{id:?}: the policy has no audience {audience:?}"
+                    )));
+                }
+            }
+            configured.clone()
         }
-    }
+        // The issuer asks about admin tokens, if the policy has an admin audience.
+        None => std::iter::once((identity_of("issuer"), "issuer-admin".to_owned()))
+            .filter(|(_, audience)| policy.audience(audience).is_some())
+            .collect(),
+    };
     for (i, client) in config.introspection_clients.iter().enumerate() {
         if policy.audience(&client.audience).is_none() {
             return Err(StartError::Config(format!(
@@ -116,7 +125,7 @@ pub async fn open(
         jwks_refresh: config.jwks_refresh,
         auditor_url: config.audit.auditor_url.clone(),
         transport,
-        caller_audiences: config.caller_audiences.clone(),
+        caller_audiences,
     };
     Ok(Validator::new(validator::Parts {
         policy,
