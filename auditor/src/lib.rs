@@ -53,6 +53,8 @@ pub enum StartError {
     Restore(#[from] sequencer::RestoreError),
     #[error("{0}")]
     Tls(#[from] trias_runtime::tls::TlsError),
+    #[error("key custody: {0}")]
+    Custody(String),
     #[error("server: {0}")]
     Serve(String),
 }
@@ -61,6 +63,19 @@ pub enum StartError {
 /// the database (migrated), and the sequencer, after checking the stored tree against the
 /// last signed checkpoint.
 pub async fn open(config: &AuditorConfig, clock: Arc<dyn Clock>) -> Result<Auditor, StartError> {
+    // Key custody: nothing this auditor is configured with may be the issuer's key store.
+    let mut files = vec![("checkpoint key", config.key_path())];
+    if let Some(path) = trias_runtime::custody::sqlite_path(&config.database_url()) {
+        files.push(("database_url", path));
+    }
+    if let Some(tls) = &config.tls {
+        files.extend([
+            ("tls.key", tls.key.clone()),
+            ("tls.cert", tls.cert.clone()),
+            ("tls.ca", tls.ca.clone()),
+        ]);
+    }
+    trias_runtime::custody::refuse_signing_keys(files).map_err(StartError::Custody)?;
     let transport = trias_runtime::tls::Transport::from_config(
         config.tls.as_ref(),
         config.dev_plaintext,

@@ -214,6 +214,20 @@ impl std::fmt::Debug for NewUser {
     }
 }
 
+/// An administrator made by [`Issuer::bootstrap`]: shown once, never stored in clear.
+pub struct BootstrapAdmin {
+    pub user: NewUser,
+    pub password: String,
+}
+
+impl std::fmt::Debug for BootstrapAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootstrapAdmin")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A client registration request.
 #[derive(Debug, Clone, Default)]
 pub struct ClientSpec {
@@ -1596,6 +1610,41 @@ impl Issuer {
             .role_grant(id)
             .await?
             .ok_or_else(|| Error::Internal("approved grant vanished".into()))
+    }
+
+    /// Creates the first two administrators (TOTP enrolled, random passwords) holding `role`,
+    /// directly in the database: the one-time, local way in before two administrators exist
+    /// to approve each other's role grants. Refused once anyone holds `role`.
+    pub async fn bootstrap(
+        &self,
+        usernames: [&str; 2],
+        role: &str,
+    ) -> Result<[BootstrapAdmin; 2], Error> {
+        if usernames[0] == usernames[1] {
+            return Err(Error::InvalidRequest(
+                "bootstrap needs two different administrators".into(),
+            ));
+        }
+        if !self.inner.policy.has_role(role) {
+            return Err(Error::InvalidRequest(format!("unknown role {role}")));
+        }
+        if self.inner.store.role_is_held(role).await? {
+            return Err(Error::AlreadyExists(format!(
+                "bootstrap was done already: someone holds {role}; grant roles through the admin api"
+            )));
+        }
+        let mut made = Vec::with_capacity(2);
+        for username in usernames {
+            let password = secrets::random_token(&self.inner.rng)?;
+            let user = self
+                .create_user(&Actor::Local, username, &password, true)
+                .await?;
+            self.assign_role_locally(&user.user.user_id, role).await?;
+            made.push(BootstrapAdmin { user, password });
+        }
+        made.try_into().map_err(|_| {
+            Error::Internal("bootstrap made the wrong number of administrators".into())
+        })
     }
 
     /// Assigns a role directly, without the two-person rule: only for the local bootstrap of

@@ -61,8 +61,13 @@ pub async fn open(config: &IssuerConfig, clock: Arc<dyn Clock>) -> Result<Issuer
     let transport = Transport::from_config(config.tls.as_ref(), config.dev_plaintext, "issuer")?;
     create_private_dir(&config.data_dir)?;
     let url = config.database_url();
-    if let Some(path) = url.strip_prefix("sqlite://") {
-        create_private_file(std::path::Path::new(path.split('?').next().unwrap_or(path)))?;
+    if let Some(path) = trias_runtime::custody::sqlite_path(&url) {
+        create_private_file(&path)?;
+        // The database holds the private signing keys: refuse it if others may read it.
+        trias_runtime::tls::check_owner_only(&path).map_err(|e| StartError::DataDir {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
     }
     let store = store::Store::open(&url).await?;
     let outbox = Outbox::open(

@@ -387,6 +387,15 @@ impl Store {
 
     // ----- roles -----
 
+    /// Whether any subject holds `role`.
+    pub async fn role_is_held(&self, role: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT subject FROM role_assignments WHERE role = $1 LIMIT 1")
+            .bind(role)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
     pub async fn roles_of(&self, subject: &str) -> Result<BTreeSet<String>> {
         let rows = sqlx::query("SELECT role FROM role_assignments WHERE subject = $1")
             .bind(subject)

@@ -7,6 +7,7 @@
 pub mod access;
 pub mod clock;
 pub mod config;
+pub mod custody;
 pub mod event;
 pub mod net;
 pub mod outbox;

@@ -395,3 +395,36 @@ impl ServerCertVerifier for PeerVerifier {
         self.algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+    use super::*;
+
+    #[test]
+    fn plain_text_only_when_asked_for_by_name() {
+        let files = TlsFiles {
+            ca: "ca.pem".into(),
+            cert: "c.pem".into(),
+            key: "k.pem".into(),
+        };
+        let neither = Transport::from_config(None, false, "issuer").unwrap_err();
+        assert!(neither.to_string().contains("dev_plaintext"), "{neither}");
+        let both = Transport::from_config(Some(&files), true, "issuer").unwrap_err();
+        assert!(both.to_string().contains("choose one"), "{both}");
+        let plain = Transport::from_config(None, true, "issuer").unwrap();
+        assert!(!plain.is_mtls());
+        assert_eq!(format!("{plain:?}"), "Transport::Plaintext");
+        // Missing files are named.
+        let missing = Transport::from_config(Some(&files), false, "issuer").unwrap_err();
+        assert!(missing.to_string().starts_with("k.pem: "), "{missing}");
+    }
+
+    #[test]
+    fn an_identity_is_a_single_spiffe_uri() {
+        assert_eq!(identity_of("issuer"), "spiffe://trias/issuer");
+        assert!(uri_sans(b"not a certificate").is_empty());
+        assert_eq!(identity_in(b"not a certificate"), None);
+    }
+}

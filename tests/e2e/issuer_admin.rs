@@ -153,6 +153,52 @@ async fn the_admin_api_demands_an_admin_token(backend: Backend) {
     issuer.stop().await;
 }
 
+both_backends!(bootstrap_makes_two_administrators_once);
+/// `trias-issuer bootstrap`: two different administrators, TOTP enrolled, holding the admin
+/// role; a second bootstrap is refused, since the admin API's two-person grants take over.
+async fn bootstrap_makes_two_administrators_once(backend: Backend) {
+    let Some(issuer) = start_issuer(IssuerOptions::on(backend)).await else {
+        return;
+    };
+    let same = issuer.issuer.bootstrap(["ann", "ann"], "admin").await;
+    assert!(
+        matches!(same, Err(trias_issuer::Error::InvalidRequest(_))),
+        "{same:?}"
+    );
+    let admins = issuer
+        .issuer
+        .bootstrap(["ann", "ben"], "admin")
+        .await
+        .unwrap();
+    for admin in &admins {
+        assert!(admin.user.totp_secret.is_some());
+        assert!(admin.password.len() >= 32);
+        let roles = issuer
+            .issuer
+            .store()
+            .roles_of(&admin.user.user.user_id)
+            .await
+            .unwrap();
+        assert_eq!(roles.into_iter().collect::<Vec<_>>(), ["admin"]);
+    }
+    let again = issuer.issuer.bootstrap(["cat", "dan"], "admin").await;
+    assert!(
+        matches!(again, Err(trias_issuer::Error::AlreadyExists(_))),
+        "{again:?}"
+    );
+    let created = issuer.events_of(EventKind::UserCreated).await;
+    assert_eq!(
+        created.len(),
+        2,
+        "nothing is left of the refused bootstraps"
+    );
+    assert_no_bearer_values(
+        &issuer.events().await,
+        &[&admins[0].password, &admins[1].password],
+    );
+    issuer.stop().await;
+}
+
 both_backends!(without_a_validator_the_admin_api_is_off);
 /// The issuer validates no token for its own admin API: with no validator to ask, every
 /// admin call is refused (and the refusal recorded), even with a good admin token.

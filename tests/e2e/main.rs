@@ -23,6 +23,7 @@ mod audit_crash;
 mod audit_pipeline;
 mod audit_verify;
 mod auditor;
+mod custody;
 mod issuer;
 mod issuer_admin;
 mod issuer_audit;

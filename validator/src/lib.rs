@@ -71,6 +71,22 @@ pub async fn open(
     clock: Arc<dyn Clock>,
 ) -> Result<Validator, StartError> {
     let policy = Policy::load(&config.policy)?;
+    // Key custody: nothing this validator is configured with may be the issuer's key store.
+    let mut files = vec![
+        ("policy", config.policy.clone()),
+        ("audit.outbox", config.outbox_path()),
+    ];
+    if let Some(path) = trias_runtime::custody::sqlite_path(&config.database_url()) {
+        files.push(("database_url", path));
+    }
+    if let Some(tls) = &config.tls {
+        files.extend([
+            ("tls.key", tls.key.clone()),
+            ("tls.cert", tls.cert.clone()),
+            ("tls.ca", tls.ca.clone()),
+        ]);
+    }
+    trias_runtime::custody::refuse_signing_keys(files).map_err(StartError::Config)?;
     let transport = Transport::from_config(config.tls.as_ref(), config.dev_plaintext, "validator")?;
     let caller_audiences = match &config.caller_audiences {
         Some(configured) => {
