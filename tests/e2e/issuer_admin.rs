@@ -6,7 +6,7 @@
 use tonic::Code;
 use trias_proto::v1::{
     ApproveRoleGrantRequest, Decision, EventKind, ListUsersRequest, RequestRoleGrantRequest,
-    RevokeRequest, RoleGrantState,
+    RevokeRequest, RoleGrantState, TokenRequest,
 };
 use trias_tests::{
     Backend, IssuerHandle, IssuerOptions, assert_no_bearer_values, client_credentials, oauth_error,
@@ -150,6 +150,37 @@ async fn the_admin_api_demands_an_admin_token(backend: Backend) {
         &issuer.events().await,
         &[&service_token, &keys_only, &users, &secret, &admin.password],
     );
+    issuer.stop().await;
+}
+
+both_backends!(a_client_credentials_token_never_carries_an_admin_scope);
+/// Admin scopes come only from a login with a second factor: a service client holding the
+/// admin role is refused them (and the refusal recorded), so no machine credential alone
+/// can reach the admin API.
+async fn a_client_credentials_token_never_carries_an_admin_scope(backend: Backend) {
+    let Some(issuer) = start_issuer(IssuerOptions::on(backend)).await else {
+        return;
+    };
+    let (id, secret) = issuer
+        .service_client(&["admin"], &["admin:users", "admin:roles"])
+        .await;
+    let request = TokenRequest {
+        resource: "issuer-admin".into(),
+        ..client_credentials(&id, &secret, "admin:users")
+    };
+    let status = refused(
+        issuer.grpc().await.token(request).await,
+        Code::InvalidArgument,
+        "invalid_scope",
+    );
+    assert!(
+        status.message().contains("authorization_code"),
+        "{status:?}"
+    );
+    let refusals = issuer.events_of(EventKind::TokenRefused).await;
+    assert_eq!(refusals.len(), 1);
+    assert_eq!(refusals[0].client_id, id);
+    assert!(issuer.events_of(EventKind::TokenIssued).await.is_empty());
     issuer.stop().await;
 }
 
