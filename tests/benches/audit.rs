@@ -12,11 +12,10 @@
 //!   p50/p99 of `Query` by subject, by token id and by time range (newest first, a page of
 //!   100), `GetInclusionProof`, `GetConsistencyProof`, and proof verification.
 //!
-//! Each is run twice: served exactly as `trias_auditor::serve` serves, and through the same
-//! gRPC service with TCP_NODELAY on accepted connections, which shows what Nagle's algorithm
-//! (against the client's delayed ACKs) adds to each small response. The load generator runs
-//! in the same process and runtime as the auditor, so on a small machine the two share the
-//! cores.
+//! The auditor is served exactly as `trias_auditor::serve` serves it (mutual TLS, TCP_NODELAY;
+//! queries and proofs with a security analyst's token, decided by a validator). The load
+//! generator runs in the same process and runtime as the auditor, so on a small machine the
+//! two share the cores.
 //!
 //! Environment overrides (all optional):
 //! - `TRIAS_BENCH_SECONDS` (10) / `TRIAS_BENCH_WARMUP` (2): measured and warm-up seconds of
@@ -47,7 +46,6 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tonic::transport::Channel;
 use trias_auditor::AuditorConfig;
 use trias_auditor::auditor::leaf;
 use trias_auditor::checkpoint::{CheckpointBody, SigningKey};
@@ -55,8 +53,10 @@ use trias_auditor::merkle::{Frontier, leaf_hash, verify_consistency, verify_incl
 use trias_auditor::store::{Batch, Entry, Store, StoredCheckpoint, timestamp_of};
 use trias_proto::v1 as pb;
 use trias_proto::v1::auditor_client::AuditorClient;
+use trias_runtime::access::Bearer;
 use trias_runtime::clock::SystemClock;
 use trias_tests::Backend;
+use trias_tests::auditor::{AccessStack, AuditorGrpc};
 use trias_tests::bench::env_or;
 
 const TARGET_EVENTS_PER_SEC: f64 = 20_000.0;
@@ -248,8 +248,9 @@ async fn append_scenario(settings: &Settings, backend: Backend) -> Option<Value>
     let config = bench_config(
         &dir.path().join("auditor"),
         database.as_ref().map(|db| db.url.as_str()),
+        None,
     );
-    let running = start(&config).await;
+    let running = start(&config, None).await;
     println!(
         "\nappend ({backend:?}): {} producers × batches of {}, {:.0} s measured after {:.0} s warm-up",
         settings.streams,
@@ -368,7 +369,11 @@ fn unix_now_nanos() -> i64 {
 }
 
 /// The populated log's configuration: data directory, origin, producers.
-fn bench_config(data_dir: &std::path::Path, database_url: Option<&str>) -> AuditorConfig {
+fn bench_config(
+    data_dir: &std::path::Path,
+    database_url: Option<&str>,
+    validator_url: Option<&str>,
+) -> AuditorConfig {
     let mut env = BTreeMap::from([
         (
             "TRIAS_AUDITOR_DATA_DIR".to_owned(),
@@ -378,6 +383,9 @@ fn bench_config(data_dir: &std::path::Path, database_url: Option<&str>) -> Audit
     ]);
     if let Some(url) = database_url {
         env.insert("TRIAS_AUDITOR_DATABASE_URL".to_owned(), url.to_owned());
+    }
+    if let Some(url) = validator_url {
+        env.insert("TRIAS_AUDITOR_VALIDATOR_URL".to_owned(), url.to_owned());
     }
     env.extend(trias_tests::tls_env("TRIAS_AUDITOR_", "auditor"));
     AuditorConfig::load(None, &env).unwrap()
@@ -543,14 +551,18 @@ async fn write_batch(pool: &sqlx::AnyPool, batch: &Batch) {
 struct Running {
     addr: std::net::SocketAddr,
     auditor: trias_auditor::Auditor,
+    /// The security analyst's token the queries send.
+    token: Option<String>,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
-    /// A client as the issuer (the producer the appends name).
-    async fn client(&self) -> AuditorClient<Channel> {
-        AuditorClient::new(trias_tests::channel(self.addr, "auditor", "issuer").await)
+    /// A client as the issuer (the producer the appends name), with the analyst's token.
+    async fn client(&self) -> AuditorGrpc {
+        let channel = trias_tests::channel(self.addr, "auditor", "issuer").await;
+        let bearer = Bearer::new(self.token.as_deref()).unwrap();
+        AuditorClient::with_interceptor(channel, bearer)
     }
 
     async fn stop(self) {
@@ -559,7 +571,7 @@ impl Running {
     }
 }
 
-async fn start(config: &AuditorConfig) -> Running {
+async fn start(config: &AuditorConfig, token: Option<String>) -> Running {
     let auditor = trias_auditor::open(config, Arc::new(SystemClock))
         .await
         .unwrap();
@@ -578,12 +590,13 @@ async fn start(config: &AuditorConfig) -> Running {
     Running {
         addr,
         auditor,
+        token,
         stop,
         task,
     }
 }
 
-async fn query_page(client: &mut AuditorClient<Channel>, request: pb::QueryRequest) -> usize {
+async fn query_page(client: &mut AuditorGrpc, request: pb::QueryRequest) -> usize {
     let mut stream = client.query(request).await.unwrap().into_inner();
     let mut entries = 0;
     while let Some(page) = stream.message().await.unwrap() {
@@ -614,7 +627,9 @@ async fn query_scenario(settings: &Settings) -> Value {
             temporary.path().to_owned()
         }
     };
-    let config = bench_config(&root.join("auditor"), None);
+    // The services that decide the analyst's token the queries and proofs send.
+    let access = AccessStack::start().await;
+    let config = bench_config(&root.join("auditor"), None, Some(&access.validator_url()));
     let existing = config.data_dir.join("auditor.db").exists();
     let populate_time = if existing {
         println!("\nquery: reusing the log in {}", config.data_dir.display());
@@ -635,7 +650,7 @@ async fn query_scenario(settings: &Settings) -> Value {
         "target_query_p99_us": TARGET_QUERY_P99_US,
     });
     let opened = Instant::now();
-    let running = start(&config).await;
+    let running = start(&config, Some(access.token.clone())).await;
     let restore = opened.elapsed();
     let mut client = running.client().await;
     let checkpoint = client
@@ -657,16 +672,13 @@ async fn query_scenario(settings: &Settings) -> Value {
     );
     let results = measure(&mut client, &checkpoint, settings.samples as u64).await;
     running.stop().await;
+    access.stop().await;
     report["results"] = results;
     report
 }
 
 /// p50/p99 of each query and proof kind, one request at a time.
-async fn measure(
-    client: &mut AuditorClient<Channel>,
-    checkpoint: &pb::Checkpoint,
-    samples: u64,
-) -> Value {
+async fn measure(client: &mut AuditorGrpc, checkpoint: &pb::Checkpoint, samples: u64) -> Value {
     let size = checkpoint.tree_size;
     let mut results = BTreeMap::new();
     let mut rows = Vec::new();
