@@ -184,6 +184,55 @@ async fn a_client_credentials_token_never_carries_an_admin_scope(backend: Backen
     issuer.stop().await;
 }
 
+both_backends!(an_admin_token_without_a_second_factor_is_refused);
+/// Defence in depth: under a policy that (by mistake) lets admin scopes come from a password
+/// login alone, such a token passes the validator, but the issuer still refuses it for lack
+/// of `acr` `mfa`, and records the refusal.
+async fn an_admin_token_without_a_second_factor_is_refused(backend: Backend) {
+    let lax = trias_policy::SAMPLE.replace("min_acr     = \"mfa\"\n", "");
+    assert_ne!(
+        lax,
+        trias_policy::SAMPLE,
+        "the sample policy asks admin scopes for mfa"
+    );
+    let Some(issuer) = start_issuer(IssuerOptions {
+        policy: lax,
+        ..IssuerOptions::on(backend)
+    })
+    .await
+    else {
+        return;
+    };
+    let admin = issuer.admin("root").await;
+    let mut grpc = issuer.grpc().await;
+    let (login, verifier) = admin
+        .frontend
+        .login(&admin.username, &admin.password, "admin:users");
+    let login = trias_proto::v1::LoginRequest {
+        resource: "issuer-admin".into(),
+        ..login
+    };
+    let outcome = grpc.login(login).await.unwrap().into_inner();
+    assert_ne!(outcome.acr, "mfa");
+    let token = grpc
+        .token(admin.frontend.exchange(&outcome.code, &verifier))
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    let status = refused(
+        grpc.list_users(with_bearer(ListUsersRequest {}, &token))
+            .await,
+        Code::PermissionDenied,
+        "insufficient_scope",
+    );
+    assert!(status.message().contains("acr mfa"), "{status:?}");
+    let denied = issuer.events_of(EventKind::AdminDenied).await;
+    assert_eq!(denied.len(), 1);
+    assert!(denied[0].attributes["detail"].contains("second factor"));
+    issuer.stop().await;
+}
+
 both_backends!(bootstrap_makes_two_administrators_once);
 /// `trias-issuer bootstrap`: two different administrators, TOTP enrolled, holding the admin
 /// role; a second bootstrap is refused, since the admin API's two-person grants take over.
