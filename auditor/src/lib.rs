@@ -69,11 +69,7 @@ pub async fn open(config: &AuditorConfig, clock: Arc<dyn Clock>) -> Result<Audit
         files.push(("database_url", path));
     }
     if let Some(tls) = &config.tls {
-        files.extend([
-            ("tls.key", tls.key.clone()),
-            ("tls.cert", tls.cert.clone()),
-            ("tls.ca", tls.ca.clone()),
-        ]);
+        files.extend(tls.named());
     }
     trias_runtime::custody::refuse_signing_keys(files).map_err(StartError::Custody)?;
     let transport = trias_runtime::tls::Transport::from_config(

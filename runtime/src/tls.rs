@@ -43,6 +43,17 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+impl TlsFiles {
+    /// Each file with the configuration key that names it.
+    pub fn named(&self) -> [(&'static str, PathBuf); 3] {
+        [
+            ("tls.key", self.key.clone()),
+            ("tls.cert", self.cert.clone()),
+            ("tls.ca", self.ca.clone()),
+        ]
+    }
+}
+
 /// Why TLS material cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

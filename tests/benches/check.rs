@@ -238,23 +238,17 @@ fn raw_verify_per_sec(duration: Duration) -> f64 {
 }
 
 async fn clients(addr: std::net::SocketAddr, settings: &Settings) -> Vec<ValidatorClient<Channel>> {
-    let mut channels = Vec::new();
-    for _ in 0..settings.channels {
-        let channel = trias_tests::transport("payments")
-            .endpoint(
-                &format!("http://{addr}"),
-                &trias_runtime::tls::identity_of("validator"),
-            )
-            .unwrap()
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .unwrap();
-        channels.push(ValidatorClient::new(channel));
-    }
-    (0..settings.concurrency)
-        .map(|i| channels[i % channels.len()].clone())
-        .collect()
+    bench::channels(
+        addr,
+        "validator",
+        "payments",
+        settings.channels,
+        settings.concurrency,
+    )
+    .await
+    .into_iter()
+    .map(ValidatorClient::new)
+    .collect()
 }
 
 /// Open loop at `rate` checks a second: requests start on schedule whether or not earlier ones

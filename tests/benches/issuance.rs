@@ -413,24 +413,17 @@ struct Targets {
 }
 
 async fn grpc_clients(addr: SocketAddr, settings: &Settings) -> Vec<IssuerClient<Channel>> {
-    let mut channels = Vec::new();
-    for _ in 0..settings.channels {
-        // One channel is one HTTP/2 connection; the workers multiplex over them.
-        let channel = trias_tests::transport("cli")
-            .endpoint(
-                &format!("http://{addr}"),
-                &trias_runtime::tls::identity_of("issuer"),
-            )
-            .unwrap()
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .unwrap();
-        channels.push(IssuerClient::new(channel));
-    }
-    (0..settings.concurrency)
-        .map(|i| channels[i % channels.len()].clone())
-        .collect()
+    bench::channels(
+        addr,
+        "issuer",
+        "cli",
+        settings.channels,
+        settings.concurrency,
+    )
+    .await
+    .into_iter()
+    .map(IssuerClient::new)
+    .collect()
 }
 
 async fn run_scenario(

@@ -118,6 +118,32 @@ pub fn peak_rss_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// `concurrency` handles on `connections` mTLS connections (one HTTP/2 connection each) to
+/// `addr`, whose server must be identity `server`, as identity `client`: the workers
+/// multiplex over the connections.
+pub async fn channels(
+    addr: std::net::SocketAddr,
+    server: &str,
+    client: &str,
+    connections: usize,
+    concurrency: usize,
+) -> Vec<tonic::transport::Channel> {
+    let transport = crate::transport(client);
+    let mut channels = Vec::new();
+    for _ in 0..connections.max(1) {
+        let endpoint = transport
+            .endpoint(
+                &format!("http://{addr}"),
+                &trias_runtime::tls::identity_of(server),
+            )
+            .unwrap();
+        channels.push(endpoint.tcp_nodelay(true).connect().await.unwrap());
+    }
+    (0..concurrency)
+        .map(|i| channels[i % channels.len()].clone())
+        .collect()
+}
+
 // ----- the closed loop -----
 
 /// One closed-loop client: sends a request, waits for the answer, sends the next.

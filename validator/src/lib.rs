@@ -80,11 +80,7 @@ pub async fn open(
         files.push(("database_url", path));
     }
     if let Some(tls) = &config.tls {
-        files.extend([
-            ("tls.key", tls.key.clone()),
-            ("tls.cert", tls.cert.clone()),
-            ("tls.ca", tls.ca.clone()),
-        ]);
+        files.extend(tls.named());
     }
     trias_runtime::custody::refuse_signing_keys(files).map_err(StartError::Config)?;
     let transport = Transport::from_config(config.tls.as_ref(), config.dev_plaintext, "validator")?;
