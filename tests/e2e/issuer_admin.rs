@@ -391,6 +391,41 @@ async fn role_grants_need_a_second_administrator(backend: Backend) {
     issuer.stop().await;
 }
 
+both_backends!(a_role_grant_request_expires);
+/// A request not approved within `role_grant_ttl` (24 h) can no longer be approved, and the
+/// late approval is recorded as refused.
+async fn a_role_grant_request_expires(backend: Backend) {
+    let Some(issuer) = start_issuer(IssuerOptions::on(backend)).await else {
+        return;
+    };
+    let (alice, bob) = (issuer.admin("alice").await, issuer.admin("bob").await);
+    let (carol, _) = issuer.user("carol", "carol's password", &[], false).await;
+    let scopes = "admin:roles admin:users";
+    let alice_token = issuer.admin_token(&alice, scopes).await;
+    let mut grpc = issuer.grpc().await;
+    let grant = grpc
+        .request_role_grant(grant_request(&carol, "clerk", &alice_token))
+        .await
+        .unwrap()
+        .into_inner();
+    issuer.advance(24 * 3600 + 1);
+    let bob_token = issuer.admin_token(&bob, scopes).await;
+    let late = grpc
+        .approve_role_grant(approval(&grant.id, &bob_token))
+        .await
+        .unwrap_err();
+    assert!(late.message().contains("expired"), "{late:?}");
+    assert!(roles_of(&issuer, &bob_token, &carol).await.is_empty());
+    let refused: Vec<_> = issuer
+        .events_of(EventKind::RoleGrantRefused)
+        .await
+        .into_iter()
+        .filter(|e| e.attributes.get("grant_id") == Some(&grant.id))
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    issuer.stop().await;
+}
+
 both_backends!(concurrent_approvals_have_one_winner);
 async fn concurrent_approvals_have_one_winner(backend: Backend) {
     let Some(issuer) = start_issuer(IssuerOptions::on(backend)).await else {
