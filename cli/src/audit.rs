@@ -250,7 +250,15 @@ fn rpc_error(what: &str, proving: bool) -> impl Fn(Status) -> AuditError + '_ {
                 | Code::PermissionDenied
                 | Code::ResourceExhausted
         );
-        let message = format!("{what}: {} ({:?})", status.message(), status.code());
+        let mut message = format!("{what}: {} ({:?})", status.message(), status.code());
+        if matches!(
+            status.code(),
+            Code::Unauthenticated | Code::PermissionDenied
+        ) {
+            message.push_str(
+                "; proofs and exports need a security analyst's token (--token or TRIAS_AUDIT_TOKEN)",
+            );
+        }
         if proving && !connection {
             failed(format!("the auditor cannot provide {message}"))
         } else {

@@ -119,7 +119,7 @@ fn identity_in(der: &[u8]) -> Option<String> {
     ids.next().is_none().then_some(id)
 }
 
-/// The PEM blocks of `text` labelled `label`, decoded.
+/// The `CERTIFICATE` blocks of a PEM text, decoded.
 fn pem_certificates(text: &str) -> Vec<CertificateDer<'static>> {
     let mut out = Vec::new();
     let mut rest = text;
