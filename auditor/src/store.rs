@@ -500,7 +500,12 @@ impl Store {
         after: Option<u64>,
         limit: u32,
     ) -> Result<Vec<(u64, Vec<u8>)>> {
-        let mut sql = Sql::new("SELECT idx, leaf FROM entries WHERE 1 = 1");
+        // The page's indexes are chosen from the filter's index alone (every index ends in
+        // `idx`, so it covers the inner query), and only those rows are read: a time range
+        // of many thousand entries then sorts integers, not whole rows.
+        let mut sql = Sql::new(
+            "SELECT idx, leaf FROM entries WHERE idx IN (SELECT idx FROM entries WHERE 1 = 1",
+        );
         let texts = [
             ("subject", &filter.subject),
             ("client_id", &filter.client_id),
@@ -537,14 +542,23 @@ impl Store {
         if let Some(to) = filter.time_to {
             sql.push(" AND time < ").bind(Value::Int(to));
         }
-        let (cursor, direction) = match order {
-            Order::NewestFirst => (" AND idx < ", " ORDER BY idx DESC LIMIT "),
-            Order::OldestFirst => (" AND idx > ", " ORDER BY idx ASC LIMIT "),
+        let (cursor, direction, outer) = match order {
+            Order::NewestFirst => (
+                " AND idx < ",
+                " ORDER BY idx DESC LIMIT ",
+                ") ORDER BY idx DESC",
+            ),
+            Order::OldestFirst => (
+                " AND idx > ",
+                " ORDER BY idx ASC LIMIT ",
+                ") ORDER BY idx ASC",
+            ),
         };
         if let Some(after) = after {
             sql.push(cursor).bind(Value::Int(to_sql(after)));
         }
         sql.push(direction).bind(Value::Int(i64::from(limit)));
+        sql.push(outer);
         let rows: Vec<(i64, Vec<u8>)> = sql
             .build()
             .try_map(|row: sqlx::any::AnyRow| {
