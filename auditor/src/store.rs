@@ -173,6 +173,11 @@ enum Value {
     Blob(Vec<u8>),
 }
 
+/// Entries per multi-row INSERT (16 values each); see [`Store::append`] for why few.
+const ROWS_PER_INSERT: usize = 16;
+/// Ids per `IN (…)` lookup, for the same reason.
+const IDS_PER_LOOKUP: usize = 128;
+
 /// A statement built at run time with `$1, $2, …` placeholders, which both backends accept
 /// through the `Any` driver (its own query builder writes `?`, which PostgreSQL does not).
 #[derive(Debug, Default)]
@@ -320,8 +325,10 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         // Multi-row statements: a round trip per row would cost more than the row itself.
-        // 200 rows of 16 values stay far below both backends' parameter limits.
-        for chunk in batch.entries.chunks(200) {
+        // They stay small, though: SQLite finds each `$n` parameter by a linear search of the
+        // statement's parameter names, so binding costs grow with the square of the
+        // parameters per statement (200 rows of 16 values spent most of an append there).
+        for chunk in batch.entries.chunks(ROWS_PER_INSERT) {
             let mut sql = Sql::new(
                 "INSERT INTO entries (idx, event_id, producer, producer_seq, time, kind, subject, \
                  client_id, token_id, family_id, audience, action, resource, decision, reason, leaf) VALUES ",
@@ -356,7 +363,7 @@ impl Store {
             }
             sql.build().execute(&mut *tx).await?;
         }
-        for chunk in batch.nodes.chunks(500) {
+        for chunk in batch.nodes.chunks(4 * ROWS_PER_INSERT) {
             let mut sql = Sql::new("INSERT INTO nodes (level, idx, hash) VALUES ");
             for (i, (id, hash)) in chunk.iter().enumerate() {
                 sql.push(if i == 0 { "(" } else { ", (" });
@@ -424,7 +431,7 @@ impl Store {
     /// The stored hashes of `ids`; a missing node is simply absent from the map.
     pub async fn nodes(&self, ids: &[NodeId]) -> Result<HashMap<NodeId, Hash>> {
         let mut found = HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(200) {
+        for chunk in ids.chunks(IDS_PER_LOOKUP) {
             let mut sql = Sql::new("SELECT level, idx, hash FROM nodes WHERE ");
             for (i, id) in chunk.iter().enumerate() {
                 sql.push(if i == 0 { "(level = " } else { " OR (level = " })
@@ -453,7 +460,7 @@ impl Store {
     /// The index and leaf of each of `event_ids` already in the log.
     pub async fn logged(&self, event_ids: &[&str]) -> Result<HashMap<String, (u64, Vec<u8>)>> {
         let mut found = HashMap::new();
-        for chunk in event_ids.chunks(500) {
+        for chunk in event_ids.chunks(IDS_PER_LOOKUP) {
             let mut sql = Sql::new("SELECT event_id, idx, leaf FROM entries WHERE event_id IN (");
             for (i, id) in chunk.iter().enumerate() {
                 if i > 0 {
@@ -605,7 +612,7 @@ impl Store {
     /// it) and already alerted `never_issued`. Ids the log does not name are absent.
     pub async fn token_facts(&self, token_ids: &[&str]) -> Result<HashMap<String, TokenFacts>> {
         let mut facts: HashMap<String, TokenFacts> = HashMap::new();
-        for chunk in token_ids.chunks(500) {
+        for chunk in token_ids.chunks(IDS_PER_LOOKUP) {
             let mut sql = Sql::new("SELECT token_id, kind, reason FROM entries WHERE kind IN (");
             sql.bind(Value::Int(i64::from(EventKind::TokenIssued as i32)))
                 .push(", ")
