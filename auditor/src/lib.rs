@@ -188,11 +188,16 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
     let mut stopped = stop_rx.clone();
+    let (health, reflection) = trias_runtime::net::standard_services("trias.v1.Auditor")
+        .await
+        .map_err(StartError::Serve)?;
     let result = auditor
         .transport()
         .server()?
         // Alert streams end on the stop signal, so they never hold up a graceful shutdown.
         .add_service(grpc::AuditorService::with_stop(auditor.clone(), stop_rx).into_server())
+        .add_service(health)
+        .add_service(reflection)
         .serve_with_incoming_shutdown(trias_runtime::net::nodelay(grpc), async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         })

@@ -208,11 +208,16 @@ pub async fn serve(
         })
     };
 
+    let (health, reflection) = trias_runtime::net::standard_services("trias.v1.Issuer")
+        .await
+        .map_err(StartError::Serve)?;
     let grpc_server = issuer
         .settings()
         .transport
         .server()?
         .add_service(grpc::IssuerService::new(issuer.clone(), stop_rx.clone()).into_server())
+        .add_service(health)
+        .add_service(reflection)
         .serve_with_incoming_shutdown(trias_runtime::net::nodelay(grpc), stopped(stop_rx.clone()));
     let http = axum::serve::ListenerExt::tap_io(http, |tcp| {
         let _ = tcp.set_nodelay(true);

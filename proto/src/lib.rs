@@ -10,3 +10,8 @@
 pub mod v1 {
     tonic::include_proto!("trias.v1");
 }
+
+/// The encoded `FileDescriptorSet` of package `trias.v1`, which the services' gRPC reflection
+/// serves.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/trias_descriptor.bin"));

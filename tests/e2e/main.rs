@@ -34,4 +34,5 @@ mod issuer_login;
 mod issuer_refresh;
 mod issuer_revocation;
 mod jwt;
+mod standard_services;
 mod validator;

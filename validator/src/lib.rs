@@ -253,11 +253,16 @@ pub async fn serve(
         ))
     });
 
+    let (health, reflection) = trias_runtime::net::standard_services("trias.v1.Validator")
+        .await
+        .map_err(StartError::Serve)?;
     let grpc_server = validator
         .settings()
         .transport
         .server()?
         .add_service(grpc::ValidatorService::new(validator.clone()).into_server())
+        .add_service(health)
+        .add_service(reflection)
         .serve_with_incoming_shutdown(trias_runtime::net::nodelay(grpc), stopped(stop_rx.clone()));
     let http = axum::serve::ListenerExt::tap_io(http, |tcp| {
         let _ = tcp.set_nodelay(true);
