@@ -8,9 +8,10 @@
 //! are no identities, every caller is [`Caller::Unauthenticated`], and the service logs a
 //! warning at start.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -144,6 +145,30 @@ struct Mtls {
     identity: Identity,
     own: String,
     algorithms: WebPkiSupportedAlgorithms,
+    /// Callers' identities by their certificate, so a connection's certificate is parsed
+    /// once, not on every request it carries.
+    callers: Mutex<HashMap<Vec<u8>, Option<String>>>,
+}
+
+/// The most caller certificates remembered; past it the memory starts over.
+const MAX_REMEMBERED_CALLERS: usize = 4096;
+
+impl Mtls {
+    /// The identity a (CA-verified) client certificate names.
+    fn caller(&self, der: &[u8]) -> Option<String> {
+        // A poisoned lock only means another request panicked mid-insert; the map is still
+        // a valid cache.
+        let mut callers = self.callers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(known) = callers.get(der) {
+            return known.clone();
+        }
+        let identity = identity_in(der);
+        if callers.len() >= MAX_REMEMBERED_CALLERS {
+            callers.clear();
+        }
+        callers.insert(der.to_vec(), identity.clone());
+        identity
+    }
 }
 
 /// How a service carries gRPC: mutual TLS, or plain text in development only.
@@ -239,6 +264,7 @@ impl Transport {
                 identity: Identity::from_pem(cert_pem, key_pem),
                 own,
                 algorithms: provider.signature_verification_algorithms,
+                callers: Mutex::default(),
             })),
         })
     }
@@ -314,12 +340,12 @@ impl Caller {
         transport: &Transport,
         request: &tonic::Request<T>,
     ) -> Result<Caller, tonic::Status> {
-        if !transport.is_mtls() {
+        let Some(mtls) = &transport.mtls else {
             return Ok(Caller::Unauthenticated);
-        }
+        };
         request
             .peer_certs()
-            .and_then(|certs| certs.first().and_then(|der| identity_in(der)))
+            .and_then(|certs| certs.first().and_then(|der| mtls.caller(der)))
             .map(Caller::Authenticated)
             .ok_or_else(|| {
                 tonic::Status::unauthenticated("the client certificate names no spiffe:// identity")

@@ -39,7 +39,7 @@ use trias_issuer::keys::AccessClaims;
 use trias_proto::v1::validator_client::ValidatorClient;
 use trias_proto::v1::{CheckRequest, Reason};
 use trias_runtime::clock::{Clock as _, unix_seconds};
-use trias_tests::bench::{self, Call, Measured, ThreadGroups, WorkerResult, env_or, ms, round};
+use trias_tests::bench::{self, Call, Measured, ThreadGroups, WorkerResult, env_or, round};
 use trias_tests::validator::{ValidatorOptions, start_validator};
 use trias_tests::{IssuerOptions, start_issuer};
 
@@ -472,15 +472,10 @@ fn main() {
                 }
             }
         });
-        let h = &report.result.latencies_us;
+        let [p50, p99, p999] = bench::quantiles_ms(&report.result.latencies_us);
         println!(
             "  {:<10} {:>9.0} checks/s  p50 {:>6} ms  p99 {:>6} ms  p99.9 {:>6} ms  errors {}",
-            report.name,
-            report.per_sec,
-            ms(h.value_at_quantile(0.5)),
-            ms(h.value_at_quantile(0.99)),
-            ms(h.value_at_quantile(0.999)),
-            report.result.errors,
+            report.name, report.per_sec, p50, p99, p999, report.result.errors,
         );
         reports.push(report);
     }
@@ -491,7 +486,7 @@ fn main() {
         "scenario", "checks/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "CPU µs/op"
     );
     for r in &reports {
-        let h = &r.result.latencies_us;
+        let [p50, p99, p999] = bench::quantiles_ms(&r.result.latencies_us);
         let cpu = r.cpu.as_ref().map_or_else(
             || "-".to_owned(),
             |c| {
@@ -507,9 +502,9 @@ fn main() {
             "{:<10} {:>9.0} {:>7} {:>7} {:>8} {:>6} {:>10}   {cpu}",
             r.name,
             r.per_sec,
-            ms(h.value_at_quantile(0.5)),
-            ms(h.value_at_quantile(0.99)),
-            ms(h.value_at_quantile(0.999)),
+            p50,
+            p99,
+            p999,
             r.result.errors,
             r.cpu.as_ref().map_or_else(
                 || "-".to_owned(),

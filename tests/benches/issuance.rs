@@ -42,7 +42,7 @@ use trias_proto::v1::issuer_client::IssuerClient;
 use trias_runtime::clock::{Clock as _, unix_seconds};
 use trias_runtime::event::EventDraft;
 use trias_runtime::outbox::Outbox;
-use trias_tests::bench::{self, Call, Measured, ThreadGroups, env_or, ms, round};
+use trias_tests::bench::{self, Call, Measured, ThreadGroups, env_or, round};
 use trias_tests::{IssuerHandle, IssuerOptions, pkce_pair, start_issuer};
 
 /// The role and scopes every benchmark subject holds (from the sample policy).
@@ -786,14 +786,14 @@ fn main() {
             client.handle(),
             &settings,
         ));
-        let h = report.latencies_us();
+        let [p50, p99, p999] = bench::quantiles_ms(report.latencies_us());
         println!(
             "  {:<13} {:>9.0} tokens/s  p50 {:>6} ms  p99 {:>6} ms  p99.9 {:>6} ms  errors {}  commits/s {:.0}",
             report.name,
             report.tokens_per_sec(),
-            ms(h.value_at_quantile(0.5)),
-            ms(h.value_at_quantile(0.99)),
-            ms(h.value_at_quantile(0.999)),
+            p50,
+            p99,
+            p999,
             report.errors(),
             report.commits_per_sec(),
         );
@@ -821,14 +821,14 @@ fn main() {
         "csw/op",
     );
     for r in &reports {
-        let h = r.latencies_us();
+        let [p50, p99, p999] = bench::quantiles_ms(r.latencies_us());
         println!(
             "{:<13} {:>9.0} {:>7} {:>7} {:>8} {:>6} {:>9.0} {:>9} {:>8.0} {:>8.1}   {:.2} / {:.2} / {:.2} / {:.2}",
             r.name,
             r.tokens_per_sec(),
-            ms(h.value_at_quantile(0.5)),
-            ms(h.value_at_quantile(0.99)),
-            ms(h.value_at_quantile(0.999)),
+            p50,
+            p99,
+            p999,
             r.errors(),
             r.commits_per_sec(),
             r.events_per_commit()

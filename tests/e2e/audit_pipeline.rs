@@ -10,14 +10,12 @@ use std::time::Duration;
 
 use trias_auditor::detect::DetectConfig;
 use trias_proto::v1::{
-    AppendRequest, AuditEvent, Decision, EventKind, LogEntry, QueryRequest, Reason, TokenRequest,
+    AppendRequest, AuditEvent, Decision, EventKind, LogEntry, QueryRequest, Reason,
 };
 use trias_runtime::clock::{Clock as _, timestamp};
 use trias_tests::auditor::{AlertWatch, AuditorHandle, AuditorOptions, start_auditor};
 use trias_tests::validator::{ValidatorHandle, ValidatorOptions, start_validator};
-use trias_tests::{
-    Backend, IssuerHandle, IssuerOptions, client_credentials, refused, start_issuer,
-};
+use trias_tests::{Backend, IssuerHandle, IssuerOptions, refused, start_issuer};
 
 both_backends!(
     issued_and_checked_tokens_reach_the_auditor,
@@ -63,17 +61,7 @@ async fn stop(auditor: AuditorHandle, issuer: IssuerHandle, validator: Validator
 
 /// A service client holding `roles` and a token for `scope`: (token, jti).
 async fn token(issuer: &IssuerHandle, roles: &[&str], scope: &str) -> (String, String) {
-    let scopes: Vec<&str> = scope.split(' ').collect();
-    let (id, secret) = issuer.service_client(roles, &scopes).await;
-    let request: TokenRequest = client_credentials(&id, &secret, scope);
-    let token = issuer
-        .grpc()
-        .await
-        .token(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .access_token;
+    let token = issuer.token_for(roles, scope, "").await;
     let jti = trias_tests::claims(&token)["jti"]
         .as_str()
         .unwrap()

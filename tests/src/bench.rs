@@ -95,6 +95,11 @@ pub fn ms(us: u64) -> String {
     format!("{:.2}", us as f64 / 1000.0)
 }
 
+/// p50, p99 and p99.9 of a microsecond histogram, as milliseconds for the printed tables.
+pub fn quantiles_ms(h: &Histogram<u64>) -> [String; 3] {
+    [0.5, 0.99, 0.999].map(|q| ms(h.value_at_quantile(q)))
+}
+
 pub fn round(value: f64, places: i32) -> f64 {
     let scale = 10f64.powi(places);
     (value * scale).round() / scale
