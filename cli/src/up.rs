@@ -6,11 +6,11 @@
 //! (owner-only) so scripts can use the running stack without parsing logs. The issuer and the
 //! validator ship their audit outboxes to the auditor, which starts first.
 
+use crate::pki::Pki;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use trias_cli::pki::Pki;
 use trias_runtime::tls::TlsFiles;
 
 use serde_json::json;
@@ -21,12 +21,47 @@ use trias_policy::GrantType;
 
 type Error = Box<dyn std::error::Error>;
 
-const ISSUER_GRPC: &str = "127.0.0.1:7401";
-const ISSUER_HTTP: &str = "127.0.0.1:7402";
-const VALIDATOR_GRPC: &str = "127.0.0.1:7411";
-const VALIDATOR_HTTP: &str = "127.0.0.1:7412";
-const AUDITOR_GRPC: &str = "127.0.0.1:7421";
-const DEMO_REDIRECT: &str = "http://127.0.0.1:7480/callback";
+/// The stack's first port: the services listen on the next ones (see [`Ports`]).
+pub const DEFAULT_BASE_PORT: u16 = 7400;
+
+/// Where the local stack's services listen: fixed offsets from one base port, so a second
+/// stack (a test, say) can run beside the first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    base: u16,
+}
+
+impl Ports {
+    /// The ports from `base` + 1 to `base` + 80; `None` if they would pass 65535.
+    pub fn new(base: u16) -> Option<Self> {
+        base.checked_add(80).map(|_| Self { base })
+    }
+
+    fn addr(self, offset: u16) -> String {
+        format!("127.0.0.1:{}", self.base + offset)
+    }
+
+    pub fn issuer_grpc(self) -> String {
+        self.addr(1)
+    }
+    pub fn issuer_http(self) -> String {
+        self.addr(2)
+    }
+    pub fn validator_grpc(self) -> String {
+        self.addr(11)
+    }
+    pub fn validator_http(self) -> String {
+        self.addr(12)
+    }
+    pub fn auditor_grpc(self) -> String {
+        self.addr(21)
+    }
+    /// The demo frontend's registered redirect URI (nothing listens there unless a
+    /// frontend, or `trias token --login`, does).
+    pub fn demo_redirect(self) -> String {
+        format!("http://{}/callback", self.addr(80))
+    }
+}
 
 /// Runs one service in this process until Ctrl-C or SIGTERM.
 pub async fn serve(service: &str, config_path: &Path) -> Result<(), Error> {
@@ -55,7 +90,10 @@ pub async fn serve(service: &str, config_path: &Path) -> Result<(), Error> {
 }
 
 /// Starts the local stack and waits for Ctrl-C.
-pub async fn up(data_dir: &Path) -> Result<(), Error> {
+pub async fn up(data_dir: &Path, ports: Ports) -> Result<(), Error> {
+    let (issuer_grpc, issuer_http) = (ports.issuer_grpc(), ports.issuer_http());
+    let (validator_grpc, validator_http) = (ports.validator_grpc(), ports.validator_http());
+    let auditor_grpc = ports.auditor_grpc();
     std::fs::create_dir_all(data_dir)?;
     private(data_dir, 0o700)?;
     let data_dir = std::fs::canonicalize(data_dir)?;
@@ -68,7 +106,7 @@ pub async fn up(data_dir: &Path) -> Result<(), Error> {
         std::fs::write(
             &auditor_config,
             format!(
-                "# The local auditor; see docs/configuration.md.\ngrpc_addr = \"{AUDITOR_GRPC}\"\ndata_dir = {:?}\nvalidator_url = \"http://{VALIDATOR_GRPC}\"\n",
+                "# The local auditor; see docs/configuration.md.\ngrpc_addr = \"{auditor_grpc}\"\ndata_dir = {:?}\nvalidator_url = \"http://{validator_grpc}\"\n",
                 data_dir.join("auditor").display().to_string(),
             ),
         )?;
@@ -78,7 +116,7 @@ pub async fn up(data_dir: &Path) -> Result<(), Error> {
         std::fs::write(
             &issuer_config,
             format!(
-                "# The local issuer; see docs/configuration.md.\ngrpc_addr = \"{ISSUER_GRPC}\"\nhttp_addr = \"{ISSUER_HTTP}\"\ndata_dir = {:?}\npolicy = {:?}\nvalidator_url = \"http://{VALIDATOR_GRPC}\"\n",
+                "# The local issuer; see docs/configuration.md.\ngrpc_addr = \"{issuer_grpc}\"\nhttp_addr = \"{issuer_http}\"\ndata_dir = {:?}\npolicy = {:?}\nvalidator_url = \"http://{validator_grpc}\"\n",
                 data_dir.join("issuer").display().to_string(),
                 policy.display().to_string(),
             ),
@@ -89,7 +127,7 @@ pub async fn up(data_dir: &Path) -> Result<(), Error> {
         std::fs::write(
             &validator_config,
             format!(
-                "# The local validator; see docs/configuration.md.\ngrpc_addr = \"{VALIDATOR_GRPC}\"\nhttp_addr = \"{VALIDATOR_HTTP}\"\nissuer_grpc = \"http://{ISSUER_GRPC}\"\nissuer = \"http://{ISSUER_HTTP}\"\ndata_dir = {:?}\npolicy = {:?}\n",
+                "# The local validator; see docs/configuration.md.\ngrpc_addr = \"{validator_grpc}\"\nhttp_addr = \"{validator_http}\"\nissuer_grpc = \"http://{issuer_grpc}\"\nissuer = \"http://{issuer_http}\"\ndata_dir = {:?}\npolicy = {:?}\n",
                 data_dir.join("validator").display().to_string(),
                 policy.display().to_string(),
             ),
@@ -97,14 +135,14 @@ pub async fn up(data_dir: &Path) -> Result<(), Error> {
     }
     // Also for a data directory from before the auditor was part of the stack.
     for config in [&issuer_config, &validator_config] {
-        ship_to_auditor(config)?;
+        ship_to_auditor(config, &auditor_grpc)?;
     }
     // The auditor and the issuer have the validator check security teams' and
     // administrators' tokens (also for a data directory from before they did).
     for config in [&auditor_config, &issuer_config] {
         let text = std::fs::read_to_string(config)?;
         if !text.contains("validator_url") {
-            let line = format!("validator_url = \"http://{VALIDATOR_GRPC}\"\n");
+            let line = format!("validator_url = \"http://{validator_grpc}\"\n");
             std::fs::write(config, format!("{line}{text}"))?;
         }
     }
@@ -123,20 +161,20 @@ pub async fn up(data_dir: &Path) -> Result<(), Error> {
     let mut stack: serde_json::Value = if stack_json.exists() {
         serde_json::from_str(&std::fs::read_to_string(&stack_json)?)?
     } else {
-        create_demo(&issuer_config).await?
+        create_demo(&issuer_config, ports).await?
     };
     if stack["auditor_grpc"].is_null() || stack["pki"].is_null() || !stack_json.exists() {
-        stack["auditor_grpc"] = json!(format!("http://{AUDITOR_GRPC}"));
+        stack["auditor_grpc"] = json!(format!("http://{auditor_grpc}"));
         stack["pki"] = json!(pki.dir.display().to_string());
         write_stack(&data_dir, &stack)?;
     }
 
     for addr in [
-        ISSUER_GRPC,
-        ISSUER_HTTP,
-        VALIDATOR_GRPC,
-        VALIDATOR_HTTP,
-        AUDITOR_GRPC,
+        &issuer_grpc,
+        &issuer_http,
+        &validator_grpc,
+        &validator_http,
+        &auditor_grpc,
     ] {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             return Err(format!("{addr} is already in use: is another `trias up` running?").into());
@@ -149,27 +187,27 @@ pub async fn up(data_dir: &Path) -> Result<(), Error> {
         .arg(&auditor_config)
         .kill_on_drop(true)
         .spawn()?;
-    wait_ready(&mut auditor, AUDITOR_GRPC).await?;
+    wait_ready(&mut auditor, &auditor_grpc).await?;
     let mut issuer = Command::new(&exe)
         .args(["serve", "issuer", "--config"])
         .arg(&issuer_config)
         .kill_on_drop(true)
         .spawn()?;
-    wait_ready(&mut issuer, ISSUER_GRPC).await?;
+    wait_ready(&mut issuer, &issuer_grpc).await?;
     let mut validator = Command::new(&exe)
         .args(["serve", "validator", "--config"])
         .arg(&validator_config)
         .kill_on_drop(true)
         .spawn()?;
-    wait_ready(&mut validator, VALIDATOR_GRPC).await?;
+    wait_ready(&mut validator, &validator_grpc).await?;
 
     println!("Trias is running (data in {}).", data_dir.display());
-    println!("  issuer gRPC  http://{ISSUER_GRPC}");
-    println!("  issuer HTTP  http://{ISSUER_HTTP}  (token, revoke, metadata, JWKS)");
-    println!("  validator gRPC  http://{VALIDATOR_GRPC}  (Check, CheckBatch)");
-    println!("  validator HTTP  http://{VALIDATOR_HTTP}  (POST /oauth2/introspect)");
+    println!("  issuer gRPC  http://{issuer_grpc}");
+    println!("  issuer HTTP  http://{issuer_http}  (token, revoke, metadata, JWKS)");
+    println!("  validator gRPC  http://{validator_grpc}  (Check, CheckBatch)");
+    println!("  validator HTTP  http://{validator_http}  (POST /oauth2/introspect)");
     println!(
-        "  auditor gRPC  http://{AUDITOR_GRPC}  (Query, WatchAlerts, GetCheckpoint, proofs, Export)"
+        "  auditor gRPC  http://{auditor_grpc}  (Query, WatchAlerts, GetCheckpoint, proofs, Export)"
     );
     println!(
         "  gRPC is mutual TLS: certificates in {} (`trias pki init --backend NAME` adds one)",
@@ -205,12 +243,12 @@ pub async fn up(data_dir: &Path) -> Result<(), Error> {
 
 /// Makes a producer's configuration ship its audit outbox to the local auditor, unless it
 /// already names an auditor.
-fn ship_to_auditor(config: &Path) -> Result<(), Error> {
+fn ship_to_auditor(config: &Path, auditor_grpc: &str) -> Result<(), Error> {
     let text = std::fs::read_to_string(config)?;
     if text.contains("auditor_url") {
         return Ok(());
     }
-    let line = format!("auditor_url = \"http://{AUDITOR_GRPC}\"\n");
+    let line = format!("auditor_url = \"http://{auditor_grpc}\"\n");
     let updated = match text.find("[audit]\n") {
         Some(at) => {
             let after = at + "[audit]\n".len();
@@ -276,7 +314,10 @@ async fn wait_ready(child: &mut Child, addr: &str) -> Result<(), Error> {
 
 /// Creates the demo clients and users directly in the issuer's database (the local
 /// bootstrap path) and returns their credentials.
-async fn create_demo(issuer_config: &Path) -> Result<serde_json::Value, Error> {
+async fn create_demo(issuer_config: &Path, ports: Ports) -> Result<serde_json::Value, Error> {
+    let demo_redirect = ports.demo_redirect();
+    let (issuer_grpc, issuer_http) = (ports.issuer_grpc(), ports.issuer_http());
+    let (validator_grpc, auditor_grpc) = (ports.validator_grpc(), ports.auditor_grpc());
     let config = IssuerConfig::load(Some(issuer_config), &BTreeMap::new())?;
     let issuer = trias_issuer::open(&config, Arc::new(trias_runtime::clock::SystemClock)).await?;
     let local = Actor::Local;
@@ -317,7 +358,7 @@ async fn create_demo(issuer_config: &Path) -> Result<serde_json::Value, Error> {
             &local,
             ClientSpec {
                 name: "demo frontend".into(),
-                redirect_uris: vec![DEMO_REDIRECT.into()],
+                redirect_uris: vec![demo_redirect.clone()],
                 grant_types: [GrantType::AuthorizationCode, GrantType::RefreshToken].into(),
                 scopes: issuer.policy().scopes().map(String::from).collect(),
                 public: true,
@@ -351,16 +392,16 @@ async fn create_demo(issuer_config: &Path) -> Result<serde_json::Value, Error> {
     issuer.outbox().close().await;
     issuer.store().close().await;
     Ok(json!({
-        "issuer_url": format!("http://{ISSUER_HTTP}"),
-        "issuer_grpc": format!("http://{ISSUER_GRPC}"),
-        "validator_grpc": format!("http://{VALIDATOR_GRPC}"),
-        "auditor_grpc": format!("http://{AUDITOR_GRPC}"),
+        "issuer_url": format!("http://{issuer_http}"),
+        "issuer_grpc": format!("http://{issuer_grpc}"),
+        "validator_grpc": format!("http://{validator_grpc}"),
+        "auditor_grpc": format!("http://{auditor_grpc}"),
         "demo_client_id": service.client.client_id,
         "demo_client_secret": service.secret,
         "demo_analyst_client_id": analyst.client.client_id,
         "demo_analyst_client_secret": analyst.secret,
         "demo_frontend_client_id": frontend.client.client_id,
-        "demo_redirect_uri": DEMO_REDIRECT,
+        "demo_redirect_uri": demo_redirect,
         "users": users,
     }))
 }

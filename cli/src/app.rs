@@ -1,0 +1,121 @@
+//! The `trias` command line: parses arguments and calls the command's module. The `trias`
+//! binary is this module's [`main`], and so is the end-to-end suite's copy of it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::up;
+
+/// Trias: an OAuth 2.0 token suite with separation of duties.
+#[derive(Debug, Parser)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the suite locally on SQLite: creates a data directory with a sample policy, keys
+    /// and demo credentials on first run, prints the endpoints, stops on Ctrl-C.
+    Up {
+        /// Where keys, databases, the policy and the demo credentials live.
+        #[arg(long, default_value = ".trias")]
+        data_dir: PathBuf,
+        /// The services listen on the ports just above this one: the issuer on +1 (gRPC) and
+        /// +2 (HTTP), the validator on +11 and +12, the auditor on +21. Recorded on first run.
+        #[arg(long, default_value_t = up::DEFAULT_BASE_PORT)]
+        base_port: u16,
+    },
+    /// Verify the audit log without trusting the auditor: checkpoint signatures, consistency
+    /// with a checkpoint saved earlier, and the whole tree re-derived from an export.
+    Audit {
+        #[command(subcommand)]
+        command: crate::audit::AuditCommand,
+    },
+    /// Development certificates: a CA and one certificate per service, for the CLI and for
+    /// each named backend.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
+    /// Run one service in this process (what `trias up` starts for each service).
+    #[command(hide = true)]
+    Serve {
+        /// The service to run.
+        #[arg(value_parser = ["issuer", "validator", "auditor"])]
+        service: String,
+        /// Its configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PkiCommand {
+    /// Create the CA (if missing) and the missing certificates: issuer, validator, auditor,
+    /// cli, and one per `--backend` (its identity is `spiffe://trias/<name>`, and the
+    /// validator binds its checks to the audience of the same name).
+    Init {
+        /// Where the CA, certificates and keys are written.
+        #[arg(long, default_value = ".trias/pki")]
+        dir: PathBuf,
+        /// A backend service to issue a certificate for; repeat for several.
+        #[arg(long = "backend", value_name = "NAME")]
+        backends: Vec<String>,
+    },
+}
+
+/// `trias pki init`: says what it created and where.
+fn pki_init(dir: &std::path::Path, backends: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    let pki = crate::pki::Pki::new(dir);
+    let created = pki.init(backends)?;
+    if created.is_empty() {
+        println!("{}: everything already exists", dir.display());
+    }
+    for name in created {
+        println!("created {name} in {}", dir.display());
+    }
+    Ok(())
+}
+
+/// Runs the command line with the process's arguments.
+pub fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("trias: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(Cli::parse()))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    let outcome = match cli.command {
+        Command::Up {
+            data_dir,
+            base_port,
+        } => match up::Ports::new(base_port) {
+            Some(ports) => up::up(&data_dir, ports).await,
+            None => Err(format!(
+                "--base-port {base_port} is too high: the stack needs 80 ports above it"
+            )
+            .into()),
+        },
+        Command::Audit { command } => return crate::audit::main(command).await,
+        Command::Serve { service, config } => up::serve(&service, &config).await,
+        Command::Pki {
+            command: PkiCommand::Init { dir, backends },
+        } => pki_init(&dir, &backends),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trias: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
