@@ -29,8 +29,23 @@ enum Command {
         #[arg(long, default_value_t = up::DEFAULT_BASE_PORT)]
         base_port: u16,
     },
-    /// Verify the audit log without trusting the auditor: checkpoint signatures, consistency
-    /// with a checkpoint saved earlier, and the whole tree re-derived from an export.
+    /// Get an access token: client credentials, a user's login (authorization code with
+    /// PKCE), or a refresh. Prints the token alone, or the whole response with `--json`.
+    #[command(after_help = crate::remote::EXIT_CODES_HELP)]
+    Token(crate::token::TokenArgs),
+    /// Ask the validator whether a token allows an action on an object, as a backend would.
+    /// Exit code 0 allowed, 1 denied.
+    #[command(after_help = crate::remote::EXIT_CODES_HELP)]
+    Check(crate::token::CheckArgs),
+    /// Revoke an access or refresh token (RFC 7009); validators deny it within a second.
+    #[command(after_help = crate::remote::EXIT_CODES_HELP)]
+    Revoke(crate::token::RevokeArgs),
+    /// Administration: clients, users, two-person role grants, key rotation.
+    #[command(after_help = crate::remote::EXIT_CODES_HELP)]
+    Admin(crate::admin::AdminArgs),
+    /// The audit log: query it, watch alerts live, and verify it without trusting the
+    /// auditor (checkpoint signatures, consistency with a saved checkpoint, the whole tree
+    /// re-derived from an export).
     Audit {
         #[command(subcommand)]
         command: crate::audit::AuditCommand,
@@ -106,6 +121,18 @@ async fn run(cli: Cli) -> ExitCode {
             .into()),
         },
         Command::Audit { command } => return crate::audit::main(command).await,
+        Command::Token(args) => {
+            return answer(crate::token::token(args, &mut std::io::stdout()).await);
+        }
+        Command::Check(args) => {
+            return answer(crate::token::check(args, &mut std::io::stdout()).await);
+        }
+        Command::Revoke(args) => {
+            return answer(crate::token::revoke(args, &mut std::io::stdout()).await);
+        }
+        Command::Admin(args) => {
+            return answer(crate::admin::run(args, &mut std::io::stdout()).await);
+        }
         Command::Serve { service, config } => up::serve(&service, &config).await,
         Command::Pki {
             command: PkiCommand::Init { dir, backends },
@@ -116,6 +143,17 @@ async fn run(cli: Cli) -> ExitCode {
         Err(e) => {
             eprintln!("trias: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The exit code of a command that talks to a service; its error goes to stderr.
+fn answer(outcome: Result<(), crate::remote::CliError>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::from(crate::remote::EXIT_OK),
+        Err(error) => {
+            eprintln!("trias: {error}");
+            ExitCode::from(error.exit_code())
         }
     }
 }

@@ -55,6 +55,14 @@ pub enum AuditCommand {
     Verify(VerifyArgs),
     /// Print the verifier key of a local auditor, read from its checkpoint key file.
     Key(KeyArgs),
+    /// Search the log: filter by subject, client, token, family, audience, action, object,
+    /// decision, reason, kind and time; a table, or JSON lines with `--json`.
+    #[command(after_help = crate::remote::EXIT_CODES_HELP)]
+    Query(Box<crate::audit_query::QueryArgs>),
+    /// Print alerts as the auditor raises them (refresh reuse, duty conflicts, tokens never
+    /// issued, wrong audiences, sequence gaps, denial bursts), after replaying earlier ones.
+    #[command(after_help = crate::remote::EXIT_CODES_HELP)]
+    Watch(crate::audit_query::WatchArgs),
 }
 
 /// `trias audit verify`.
@@ -63,7 +71,7 @@ pub struct VerifyArgs {
     /// The auditor's gRPC address.
     #[arg(
         long,
-        env = "TRIAS_AUDITOR_URL",
+        env = "TRIAS_AUDITOR_GRPC",
         default_value = "http://127.0.0.1:7421",
         value_name = "URL"
     )]
@@ -131,13 +139,16 @@ pub enum AuditError {
     /// Nothing could be checked: bad arguments, unreadable files, an unreachable auditor.
     #[error("{0}")]
     Usage(String),
+    /// The auditor refused a query (no or a wrong token, a bad filter).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl AuditError {
     /// The process exit code for this outcome.
     pub fn exit_code(&self) -> u8 {
         match self {
-            AuditError::Failed(_) => EXIT_FAILED,
+            AuditError::Failed(_) | AuditError::Refused(_) => EXIT_FAILED,
             AuditError::Usage(_) => EXIT_USAGE,
         }
     }
@@ -188,6 +199,20 @@ pub async fn run(command: AuditCommand, out: &mut dyn Write) -> Result<(), Audit
     match command {
         AuditCommand::Verify(args) => verify(&args, out).await,
         AuditCommand::Key(args) => print_key(&args, out),
+        AuditCommand::Query(args) => crate::audit_query::query(*args, out)
+            .await
+            .map_err(from_cli_error),
+        AuditCommand::Watch(args) => crate::audit_query::watch(args, out)
+            .await
+            .map_err(from_cli_error),
+    }
+}
+
+/// A query's refusal fails the command (exit code 1); no answer is a usage error (2).
+fn from_cli_error(error: crate::remote::CliError) -> AuditError {
+    match error {
+        crate::remote::CliError::Refused(message) => AuditError::Refused(message),
+        crate::remote::CliError::Usage(message) => AuditError::Usage(message),
     }
 }
 

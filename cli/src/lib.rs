@@ -4,7 +4,11 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, reason = "a command-line tool answers on stdout")]
 
+pub mod admin;
 pub mod app;
 pub mod audit;
+pub mod audit_query;
 pub mod pki;
+pub mod remote;
+pub mod token;
 pub mod up;

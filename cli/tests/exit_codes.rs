@@ -14,7 +14,7 @@ fn trias(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_trias"))
         .args(args)
         .env_remove("TRIAS_AUDIT_KEY")
-        .env_remove("TRIAS_AUDITOR_URL")
+        .env_remove("TRIAS_AUDITOR_GRPC")
         .output()
         .unwrap()
 }
