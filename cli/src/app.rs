@@ -56,6 +56,13 @@ enum Command {
         #[command(subcommand)]
         command: PkiCommand,
     },
+    /// Print the current one-time code (RFC 6238) of a base32 TOTP secret, as an
+    /// authenticator app would: for the local demo users, whose secrets are in stack.env. A
+    /// real second factor lives on a separate device.
+    Totp {
+        /// The base32 secret (e.g. `$TRIAS_DEMO_ADMIN1_TOTP_SECRET`).
+        secret: String,
+    },
     /// Run one service in this process (what `trias up` starts for each service).
     #[command(hide = true)]
     Serve {
@@ -134,6 +141,7 @@ async fn run(cli: Cli) -> ExitCode {
             return answer(crate::admin::run(args, &mut std::io::stdout()).await);
         }
         Command::Serve { service, config } => up::serve(&service, &config).await,
+        Command::Totp { secret } => totp(&secret),
         Command::Pki {
             command: PkiCommand::Init { dir, backends },
         } => pki_init(&dir, &backends),
@@ -145,6 +153,17 @@ async fn run(cli: Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `trias totp`: the code for now.
+fn totp(secret: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let normalized = secret.trim().trim_end_matches('=').to_uppercase();
+    let key = data_encoding::BASE32_NOPAD
+        .decode(normalized.as_bytes())
+        .map_err(|e| format!("the secret is not base32: {e}"))?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    println!("{}", trias_issuer::secrets::totp_at(&key, now.as_secs()));
+    Ok(())
 }
 
 /// The exit code of a command that talks to a service; its error goes to stderr.

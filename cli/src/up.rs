@@ -434,6 +434,10 @@ fn write_stack(data_dir: &Path, stack: &serde_json::Value) -> Result<(), Error> 
             let upper = name.to_uppercase();
             let field = |k: &str| user[k].as_str().unwrap_or_default().to_owned();
             env.push_str(&format!(
+                "export TRIAS_DEMO_{upper}_ID='{}'\n",
+                field("user_id")
+            ));
+            env.push_str(&format!(
                 "export TRIAS_DEMO_{upper}_PASSWORD='{}'\n",
                 field("password")
             ));

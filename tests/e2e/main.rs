@@ -23,6 +23,7 @@ mod audit_crash;
 mod audit_pipeline;
 mod audit_verify;
 mod auditor;
+mod cli;
 mod custody;
 mod issuer;
 mod issuer_admin;
