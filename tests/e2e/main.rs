@@ -25,6 +25,7 @@ mod audit_verify;
 mod auditor;
 mod cli;
 mod custody;
+mod deploy;
 mod issuer;
 mod issuer_admin;
 mod issuer_audit;
