@@ -215,10 +215,13 @@ pub async fn up(data_dir: &Path, ports: Ports) -> Result<(), Error> {
     );
     println!("  credentials  {}/stack.env", data_dir.display());
     println!();
-    println!("Try it:");
+    println!("Try it (README.md has the whole tour):");
     println!("  . {}/stack.env", data_dir.display());
     println!(
-        "  curl -s -u \"$TRIAS_DEMO_CLIENT_ID:$TRIAS_DEMO_CLIENT_SECRET\" -d grant_type=client_credentials -d scope=payments:create \"$TRIAS_ISSUER_URL/oauth2/token\""
+        "  T=$(trias token --client-id \"$TRIAS_DEMO_CLIENT_ID\" --client-secret \"$TRIAS_DEMO_CLIENT_SECRET\" --scope payments:create)"
+    );
+    println!(
+        "  trias check --as payments --token \"$T\" --action payment.create --resource payment/1"
     );
     println!();
     println!("Ctrl-C stops all services.");
