@@ -26,6 +26,7 @@ mod auditor;
 mod cli;
 mod custody;
 mod deploy;
+mod graceful;
 mod issuer;
 mod issuer_admin;
 mod issuer_audit;
