@@ -484,3 +484,53 @@ async fn the_readme_tour_runs_on_trias_up() {
     assert!(again.stop().await.status.success());
     drop(stack);
 }
+
+/// A service refuses to start on a bad configuration, naming the key and where it came
+/// from: the file and line, or the environment variable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_configuration_is_refused_at_start_naming_the_key() {
+    use trias_tests::stack::run_cli;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("issuer.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "policy = {:?}\ndev_plaintext = true\naccess_token_ttl = \"2h\"\n",
+            dir.path().join("policy.toml").display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("policy.toml"), trias_policy::SAMPLE).unwrap();
+    let config = config.display().to_string();
+    let serve = ["serve", "issuer", "--config", config.as_str()];
+
+    let from_file = run_cli(&serve, &[], "").await;
+    assert!(!from_file.status.success());
+    let message = stderr(&from_file);
+    assert!(
+        message.contains("issuer.toml")
+            && message.contains("key `access_token_ttl`: must be at most 1h"),
+        "{message}"
+    );
+
+    std::fs::write(
+        dir.path().join("issuer.toml"),
+        format!(
+            "policy = {:?}\ndev_plaintext = true\n",
+            dir.path().join("policy.toml").display().to_string()
+        ),
+    )
+    .unwrap();
+    let env = [(
+        "TRIAS_ISSUER_GRPC_ADDR".to_owned(),
+        "not an address".to_owned(),
+    )];
+    let from_env = run_cli(&serve, &env, "").await;
+    assert!(!from_env.status.success());
+    let message = stderr(&from_env);
+    assert!(
+        message.contains("environment variable TRIAS_ISSUER_GRPC_ADDR")
+            && message.contains("grpc_addr"),
+        "{message}"
+    );
+}
