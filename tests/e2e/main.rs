@@ -37,5 +37,6 @@ mod issuer_login;
 mod issuer_refresh;
 mod issuer_revocation;
 mod jwt;
+mod scale_out;
 mod standard_services;
 mod validator;

@@ -110,6 +110,13 @@ pub struct IssuerOptions {
     pub auditor_url: Option<String>,
     /// Start a validator beside the issuer to decide its admin tokens (`validator_url`).
     pub admin_validator: bool,
+    /// Share this PostgreSQL database (another issuer's, see [`IssuerHandle::database_url`])
+    /// instead of a fresh one; it is left for its owner to drop.
+    pub shared_database: Option<String>,
+    /// The `iss` (`issuer_url`); several issuers behind one address share one.
+    pub issuer_url: Option<String>,
+    /// The audit producer name (`audit.producer`); each issuer sharing a database needs its own.
+    pub producer: Option<String>,
 }
 
 impl Default for IssuerOptions {
@@ -123,6 +130,9 @@ impl Default for IssuerOptions {
             access_token_ttl: Duration::from_secs(300),
             auditor_url: None,
             admin_validator: true,
+            shared_database: None,
+            issuer_url: None,
+            producer: None,
         }
     }
 }
@@ -191,15 +201,25 @@ pub async fn start_issuer(options: IssuerOptions) -> Option<IssuerHandle> {
             format!("{}s", options.access_token_ttl.as_secs().max(1)),
         ),
     ]);
-    let database = match options.backend {
-        Backend::Sqlite => None,
-        Backend::Postgres => Some(fresh_postgres().await?),
+    let database = match (options.backend, &options.shared_database) {
+        (_, Some(_)) | (Backend::Sqlite, None) => None,
+        (Backend::Postgres, None) => Some(fresh_postgres().await?),
     };
-    if let Some(db) = &database {
-        env.insert("TRIAS_ISSUER_DATABASE_URL".to_owned(), db.url.clone());
+    if let Some(url) = database
+        .as_ref()
+        .map(|db| &db.url)
+        .or(options.shared_database.as_ref())
+    {
+        env.insert("TRIAS_ISSUER_DATABASE_URL".to_owned(), url.clone());
     }
     if let Some(url) = &options.auditor_url {
         env.insert("TRIAS_ISSUER_AUDIT__AUDITOR_URL".to_owned(), url.clone());
+    }
+    if let Some(url) = &options.issuer_url {
+        env.insert("TRIAS_ISSUER_ISSUER_URL".to_owned(), url.clone());
+    }
+    if let Some(producer) = &options.producer {
+        env.insert("TRIAS_ISSUER_AUDIT__PRODUCER".to_owned(), producer.clone());
     }
     env.extend(tls_env(trias_issuer::config::ENV_PREFIX, "issuer"));
     // The admin validator's listener is bound now, so the issuer can name it.
@@ -548,6 +568,11 @@ impl IssuerHandle {
         let mut events = self.events().await;
         events.retain(|e| e.kind() == kind);
         events
+    }
+
+    /// The PostgreSQL database this issuer created, for a second issuer to share.
+    pub fn database_url(&self) -> Option<String> {
+        self.database.as_ref().map(|db| db.url.clone())
     }
 
     /// Stops the issuer (and its admin validator), waits for it to drain, and drops its

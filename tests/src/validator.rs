@@ -40,6 +40,11 @@ pub struct ValidatorOptions {
     pub introspection_clients: Vec<IntrospectionCaller>,
     /// Ship the outbox to this auditor (`audit.auditor_url`).
     pub auditor_url: Option<String>,
+    /// Share this PostgreSQL ledger (another validator's, see
+    /// [`ValidatorHandle::database_url`]) instead of a fresh one; left for its owner to drop.
+    pub shared_database: Option<String>,
+    /// The audit producer name (`audit.producer`); each validator needs its own.
+    pub producer: Option<String>,
 }
 
 /// The introspection caller every harness validator knows, for audience `payments`.
@@ -61,6 +66,8 @@ impl Default for ValidatorOptions {
                 "payments".to_owned(),
             )],
             auditor_url: None,
+            shared_database: None,
+            producer: None,
         }
     }
 }
@@ -130,7 +137,7 @@ pub async fn start_validator_on(
         ("HTTP_ADDR", format!("\"{http_addr}\"")),
         ("GRPC_ADDR", format!("\"{grpc_addr}\"")),
         ("ISSUER_GRPC", format!("http://{}", issuer.grpc_addr)),
-        ("ISSUER", issuer.http_base()),
+        ("ISSUER", issuer.issuer.settings().issuer.clone()),
         ("AUDIT__STRICT", options.strict_audit.to_string()),
         ("CLOCK_SKEW", ms(options.clock_skew)),
         ("MAX_TOKEN_BYTES", options.max_token_bytes.to_string()),
@@ -142,12 +149,19 @@ pub async fn start_validator_on(
         ("START_TIMEOUT", "10s".to_owned()),
         ("INTROSPECTION_CLIENTS", format!("[{clients}]")),
     ]);
-    let database = match options.backend {
-        Backend::Sqlite => None,
-        Backend::Postgres => Some(fresh_postgres().await?),
+    let database = match (options.backend, &options.shared_database) {
+        (_, Some(_)) | (Backend::Sqlite, None) => None,
+        (Backend::Postgres, None) => Some(fresh_postgres().await?),
     };
-    if let Some(db) = &database {
-        env.insert("DATABASE_URL", db.url.clone());
+    if let Some(url) = database
+        .as_ref()
+        .map(|db| &db.url)
+        .or(options.shared_database.as_ref())
+    {
+        env.insert("DATABASE_URL", url.clone());
+    }
+    if let Some(producer) = &options.producer {
+        env.insert("AUDIT__PRODUCER", producer.clone());
     }
     if let Some(url) = &options.auditor_url {
         env.insert("AUDIT__AUDITOR_URL", url.clone());
@@ -247,6 +261,11 @@ impl ValidatorHandle {
         let mut events = self.validator.outbox().unshipped(0, 100_000).await.unwrap();
         events.retain(|e| e.kind() == kind);
         events
+    }
+
+    /// The PostgreSQL ledger this validator created, for a second validator to share.
+    pub fn database_url(&self) -> Option<String> {
+        self.database.as_ref().map(|db| db.url.clone())
     }
 
     /// Stops the validator, waits for it to drain, and drops its PostgreSQL database.
