@@ -85,6 +85,7 @@ pub enum UsersCommand {
     List,
     /// Create a user with a random password (shown once), and a TOTP secret with `--totp`.
     Create {
+        /// The new user's login name.
         #[arg(long)]
         username: String,
         /// Enrol a TOTP second factor (needed for scopes that require `acr=mfa`).
@@ -106,6 +107,7 @@ pub enum GrantsCommand {
         /// A user id or client id.
         #[arg(long)]
         subject: String,
+        /// The policy role to grant.
         #[arg(long)]
         role: String,
         /// Why: recorded in the audit log with the request.
@@ -119,8 +121,10 @@ pub enum GrantsCommand {
     },
     /// Take a role away from a subject.
     Revoke {
+        /// A user id or client id.
         #[arg(long)]
         subject: String,
+        /// The role to take away.
         #[arg(long)]
         role: String,
     },
@@ -132,6 +136,7 @@ pub enum KeysCommand {
     List,
     /// Create a new signing key: published at once, signing after the publication delay.
     Rotate {
+        /// The new key's algorithm.
         #[arg(long, value_enum, default_value_t = AlgorithmArg::Eddsa)]
         algorithm: AlgorithmArg,
     },

@@ -33,6 +33,7 @@ pub struct QueryArgs {
     /// Events about this user or client (the token's `sub`).
     #[arg(long)]
     pub subject: Option<String>,
+    /// Events about this OAuth client.
     #[arg(long)]
     pub client_id: Option<String>,
     /// An access token's id (`jti`).
@@ -41,13 +42,16 @@ pub struct QueryArgs {
     /// A refresh-token family (`sid`).
     #[arg(long)]
     pub family_id: Option<String>,
+    /// Events at this audience (the service a token or check was for).
     #[arg(long)]
     pub audience: Option<String>,
+    /// Checks of this action, e.g. `payment.approve`.
     #[arg(long)]
     pub action: Option<String>,
     /// The object acted upon, e.g. `payment/7`.
     #[arg(long)]
     pub resource: Option<String>,
+    /// Only allowed or only denied events.
     #[arg(long, value_enum)]
     pub decision: Option<DecisionArg>,
     /// A reason code, e.g. `duty_conflict`, `invalid_scope`, or an alert's detector.
