@@ -10,6 +10,7 @@
 
 pub mod auditor;
 pub mod bench;
+pub mod limits;
 pub mod stack;
 pub mod validator;
 
