@@ -404,13 +404,19 @@ fn form_page(status: StatusCode, request: &Authorize, page: &FormPage<'_>) -> Re
             escape(value)
         ));
     }
+    // Shown again after a failure, the form starts at the password, the username kept.
+    let (user_focus, password_focus) = if page.username.is_empty() {
+        (" autofocus", "")
+    } else {
+        ("", " autofocus")
+    };
     body.push_str(&format!(
         "<label for=\"username\">Username</label>\n\
          <input id=\"username\" name=\"username\" type=\"text\" autocomplete=\"username\" \
-         autocapitalize=\"none\" spellcheck=\"false\" required autofocus value=\"{}\"{described}>\n\
+         autocapitalize=\"none\" spellcheck=\"false\" required{user_focus} value=\"{}\"{described}>\n\
          <label for=\"password\">Password</label>\n\
          <input id=\"password\" name=\"password\" type=\"password\" \
-         autocomplete=\"current-password\" required{described}>\n",
+         autocomplete=\"current-password\" required{password_focus}{described}>\n",
         escape(page.username)
     ));
     if page.totp {

@@ -492,6 +492,12 @@ async fn a_wrong_credential_shows_the_form_again_with_one_generic_message(backen
         unknown.text,
         "a wrong password and an unknown user read the same"
     );
+    // An empty password is not a login attempt at all.
+    let empty = client
+        .submit(&form, &cookie, &[("username", "alice")])
+        .await;
+    assert_eq!(empty.status, 400);
+    assert!(empty.text.contains("Enter your username and password."));
     assert_eq!(issuer.events_of(EventKind::LoginFailed).await.len(), 2);
 
     // The form shown again still works.
