@@ -286,9 +286,30 @@ impl Drop for Browser {
             self.addr
         );
         if stream.write_all(request.as_bytes()).is_ok() {
+            // The reply means Chromium has quit; chromedriver may keep the connection open.
             let mut reply = Vec::new();
-            let _ = stream.read_to_end(&mut reply);
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = stream.read(&mut chunk) {
+                reply.extend_from_slice(&chunk[..n]);
+                if is_complete(&reply) {
+                    break;
+                }
+            }
         }
         let _ = self.driver.start_kill();
     }
+}
+
+/// Whether `reply` holds a whole HTTP response with a `Content-Length` body.
+fn is_complete(reply: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(reply);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    let length = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())?
+    });
+    length.is_some_and(|length| body.len() >= length)
 }
