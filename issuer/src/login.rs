@@ -165,11 +165,11 @@ async fn show(State(issuer): State<Issuer>, uri: Uri) -> Response {
     };
     let acr = match request.check(&issuer, &client) {
         Ok(acr) => acr,
-        Err(error) => return redirect_error(&request, &error),
+        Err(error) => return redirect_error(&issuer, &request, &error),
     };
     let csrf = match secrets::random_token(&SystemRandom::new()) {
         Ok(token) => token,
-        Err(error) => return redirect_error(&request, &error),
+        Err(error) => return redirect_error(&issuer, &request, &error),
     };
     let page = FormPage {
         client: &client,
@@ -190,7 +190,7 @@ async fn show(State(issuer): State<Issuer>, uri: Uri) -> Response {
             response.headers_mut().insert(header::SET_COOKIE, value);
             response
         }
-        Err(_) => redirect_error(&request, &Error::Internal("csrf cookie".into())),
+        Err(_) => redirect_error(&issuer, &request, &Error::Internal("csrf cookie".into())),
     }
 }
 
@@ -223,7 +223,7 @@ async fn submit(State(issuer): State<Issuer>, headers: HeaderMap, body: Bytes) -
     };
     let acr = match request.check(&issuer, &client) {
         Ok(acr) => acr,
-        Err(error) => return redirect_error(&request, &error),
+        Err(error) => return redirect_error(&issuer, &request, &error),
     };
     let retry = |status: StatusCode, totp: bool, message: &str| {
         let page = FormPage {
@@ -267,7 +267,7 @@ async fn submit(State(issuer): State<Issuer>, headers: HeaderMap, body: Bytes) -
         Err(Error::LoginFailed) => retry(StatusCode::UNAUTHORIZED, acr >= Acr::Mfa, LOGIN_FAILED),
         Err(Error::MfaRequired) => retry(StatusCode::UNAUTHORIZED, true, LOGIN_FAILED),
         Err(error @ Error::InvalidClient) => refusal_page(&error),
-        Err(error) => redirect_error(&request, &error),
+        Err(error) => redirect_error(&issuer, &request, &error),
     }
 }
 
@@ -318,8 +318,9 @@ fn redirect(redirect_uri: &str, params: &[(&str, &str)]) -> Response {
     }
 }
 
-/// RFC 6749 §4.1.2.1: a refusal once the redirect URI is trusted goes back to the client.
-fn redirect_error(request: &Authorize, error: &Error) -> Response {
+/// RFC 6749 §4.1.2.1: a refusal once the redirect URI is trusted goes back to the client,
+/// with `iss` as on success (RFC 9207 §2).
+fn redirect_error(issuer: &Issuer, request: &Authorize, error: &Error) -> Response {
     if let Error::Internal(detail) = error {
         tracing::error!(%detail, "internal error");
     }
@@ -335,6 +336,7 @@ fn redirect_error(request: &Authorize, error: &Error) -> Response {
     {
         params.push(("state", state));
     }
+    params.push(("iss", &issuer.settings().issuer));
     redirect(&request.redirect_uri, &params)
 }
 

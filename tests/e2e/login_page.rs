@@ -217,6 +217,10 @@ async fn a_login_through_the_page_redeems_for_a_token(backend: Backend) {
         metadata.body["authorization_endpoint"],
         format!("{base}/oauth2/authorize")
     );
+    assert_eq!(
+        metadata.body["authorization_response_iss_parameter_supported"],
+        true
+    );
     let (alice, _) = issuer.user("alice", PASSWORD, &["clerk"], false).await;
     let frontend = issuer
         .frontend(&["payments:read", "payments:create"], false)
@@ -378,6 +382,7 @@ async fn other_errors_go_back_to_the_client_with_the_state(backend: Backend) {
         let query = page.redirect_query(REDIRECT_URIS[0]);
         assert_eq!(param(&query, "error"), Some(error), "{params:?}");
         assert_eq!(param(&query, "state"), Some(STATE), "{params:?}");
+        assert_eq!(param(&query, "iss"), Some(issuer.http_base().as_str()));
         assert!(param(&query, "error_description").is_some());
         assert_eq!(param(&query, "code"), None);
     }
