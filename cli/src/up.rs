@@ -203,7 +203,7 @@ pub async fn up(data_dir: &Path, ports: Ports) -> Result<(), Error> {
 
     println!("Trias is running (data in {}).", data_dir.display());
     println!("  issuer gRPC  http://{issuer_grpc}");
-    println!("  issuer HTTP  http://{issuer_http}  (token, revoke, metadata, JWKS)");
+    println!("  issuer HTTP  http://{issuer_http}  (token, revoke, metadata, JWKS, login)");
     println!("  validator gRPC  http://{validator_grpc}  (Check, CheckBatch)");
     println!("  validator HTTP  http://{validator_http}  (POST /oauth2/introspect)");
     println!(

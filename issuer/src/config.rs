@@ -21,7 +21,7 @@ pub struct IssuerConfig {
     /// Address of the gRPC API.
     #[serde(default = "default_grpc_addr")]
     pub grpc_addr: SocketAddr,
-    /// Address of the HTTP endpoints (token, revoke, metadata, JWKS).
+    /// Address of the HTTP endpoints (token, revoke, metadata, JWKS, the login page).
     #[serde(default = "default_http_addr")]
     pub http_addr: SocketAddr,
     /// The `iss` of every token; defaults to `http://<http_addr>`.

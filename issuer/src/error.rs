@@ -19,6 +19,8 @@ pub enum Error {
     UnauthorizedClient(String),
     #[error("unsupported grant type {0}")]
     UnsupportedGrantType(String),
+    #[error("unsupported response type {0}")]
+    UnsupportedResponseType(String),
     #[error("{0}")]
     InvalidScope(String),
     #[error("{0}")]
@@ -60,6 +62,7 @@ impl Error {
             Error::InvalidGrant(_) => "invalid_grant",
             Error::UnauthorizedClient(_) => "unauthorized_client",
             Error::UnsupportedGrantType(_) => "unsupported_grant_type",
+            Error::UnsupportedResponseType(_) => "unsupported_response_type",
             Error::InvalidScope(_) => "invalid_scope",
             Error::InvalidTarget(_) => "invalid_target",
             Error::AccessDenied(_) | Error::LoginFailed => "access_denied",
@@ -91,7 +94,8 @@ impl Error {
             | Error::InvalidScope(_)
             | Error::InvalidTarget(_)
             | Error::UnsupportedTokenType
-            | Error::UnsupportedGrantType(_) => Code::InvalidArgument,
+            | Error::UnsupportedGrantType(_)
+            | Error::UnsupportedResponseType(_) => Code::InvalidArgument,
             Error::InvalidClient | Error::InvalidToken(_) | Error::LoginFailed => {
                 Code::Unauthenticated
             }

@@ -1,6 +1,7 @@
 //! The issuer's HTTP endpoints, so that standard OAuth clients work unchanged: the token
-//! endpoint (RFC 6749), revocation (RFC 7009), server metadata (RFC 8414) and the JWKS
-//! (RFC 7517). Errors are RFC 6749 §5.2 JSON with the matching HTTP status.
+//! endpoint (RFC 6749), revocation (RFC 7009), server metadata (RFC 8414), the JWKS
+//! (RFC 7517), and the authorization endpoint's login page (`login`). The JSON endpoints'
+//! errors are RFC 6749 §5.2 JSON with the matching HTTP status.
 
 use std::collections::HashMap;
 
@@ -27,6 +28,7 @@ pub fn router(issuer: Issuer) -> Router {
         .route("/oauth2/revoke", post(revoke))
         .route("/.well-known/oauth-authorization-server", get(metadata))
         .route("/.well-known/jwks.json", get(jwks))
+        .merge(crate::login::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(issuer)
 }
@@ -73,12 +75,12 @@ fn no_store() -> [(header::HeaderName, HeaderValue); 2] {
     ]
 }
 
-/// A parsed `application/x-www-form-urlencoded` body. Empty values count as absent
+/// A parsed `application/x-www-form-urlencoded` body or query. Empty values count as absent
 /// (RFC 6749 §3.1); a repeated parameter is an error (§3.1, §3.2); unknown ones are ignored.
-struct Form(HashMap<String, String>);
+pub(crate) struct Form(HashMap<String, String>);
 
 impl Form {
-    fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Form, Error> {
+    pub(crate) fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Form, Error> {
         let content_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -91,8 +93,18 @@ impl Form {
         }
         // Decoded strictly: a lossy decoder would turn bytes that are not UTF-8 into U+FFFD,
         // so a malformed body would surface as some other error, or as a different value.
-        let malformed = || Error::InvalidRequest("the form body is malformed".into());
-        let text = std::str::from_utf8(body).map_err(|_| malformed())?;
+        let text = std::str::from_utf8(body)
+            .map_err(|_| Error::InvalidRequest("the form body is malformed".into()))?;
+        Form::decode(text, "the form body is malformed")
+    }
+
+    /// Parses a URL's query component (RFC 6749 §3.1: the same encoding as a form body).
+    pub(crate) fn from_query(query: &str) -> Result<Form, Error> {
+        Form::decode(query, "the query is malformed")
+    }
+
+    fn decode(text: &str, malformed: &str) -> Result<Form, Error> {
+        let malformed = || Error::InvalidRequest(malformed.to_owned());
         let mut map = HashMap::new();
         for pair in text.split('&').filter(|pair| !pair.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -110,7 +122,7 @@ impl Form {
         Ok(Form(map))
     }
 
-    fn take(&mut self, key: &str) -> Option<String> {
+    pub(crate) fn take(&mut self, key: &str) -> Option<String> {
         self.0.remove(key)
     }
 }
@@ -242,12 +254,14 @@ async fn metadata(State(issuer): State<Issuer>) -> Response {
     let scopes: Vec<&str> = issuer.policy().scopes().collect();
     axum::Json(json!({
         "issuer": issuer.settings().issuer,
+        "authorization_endpoint": format!("{base}/oauth2/authorize"),
         "token_endpoint": format!("{base}/oauth2/token"),
         "revocation_endpoint": format!("{base}/oauth2/revoke"),
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
         "grant_types_supported": ["client_credentials", "authorization_code", "refresh_token"],
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": true,
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "scopes_supported": scopes,

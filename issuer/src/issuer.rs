@@ -975,36 +975,72 @@ impl Issuer {
         }
     }
 
-    async fn login_inner(&self, input: LoginInput) -> Result<(LoginOutcome, String), Error> {
-        let client_id = required("client_id", Some(&input.client_id))?;
+    /// The client of an authorization request and its exactly registered redirect URI
+    /// (RFC 6749 §3.1.2.3). An error here means the request must not be redirected anywhere
+    /// (§4.1.2.1): the login page shows it to the user instead.
+    pub async fn authorization_client(
+        &self,
+        client_id: &str,
+        redirect_uri: &str,
+    ) -> Result<ClientRecord, Error> {
+        let client_id = required("client_id", Some(client_id))?;
         let client = self
             .inner
             .store
             .client(client_id)
             .await?
             .ok_or(Error::InvalidClient)?;
-        if !client.grant_types.contains(&GrantType::AuthorizationCode) {
-            return Err(Error::UnauthorizedClient(
-                "client may not use the authorization_code grant".into(),
-            ));
-        }
-        let redirect_uri = required("redirect_uri", Some(&input.redirect_uri))?;
+        let redirect_uri = required("redirect_uri", Some(redirect_uri))?;
         if !client.redirect_uris.iter().any(|u| u == redirect_uri) {
             return Err(Error::InvalidRequest(
                 "redirect_uri is not registered for this client".into(),
             ));
         }
-        if input.code_challenge_method != "S256" {
-            return Err(Error::InvalidRequest(
-                "code_challenge_method must be S256".into(),
-            ));
+        Ok(client)
+    }
+
+    /// Checks what an authorization request says before anyone has logged in — the client
+    /// may use the grant, PKCE S256, the audience, the requested scopes are known — and
+    /// returns the weakest acr a login needs for those scopes (for no scope, for every scope
+    /// the client may ask for at the audience), so a login page knows whether to ask for the
+    /// second factor. [`Issuer::login`] checks all of it again, with the user's roles.
+    pub fn check_authorization(
+        &self,
+        client: &ClientRecord,
+        challenge_method: &str,
+        challenge: &str,
+        scope: Option<&str>,
+        resource: Option<&str>,
+    ) -> Result<Acr, Error> {
+        client_may_log_in(client)?;
+        check_challenge(challenge_method, challenge)?;
+        let policy = &self.inner.policy;
+        let audience = self.resolve_audience(resource)?;
+        let aud = policy
+            .audience(&audience)
+            .ok_or_else(|| Error::InvalidTarget(format!("unknown audience {audience}")))?;
+        let mut scopes = parse_scope(scope.unwrap_or(""))?;
+        if let Some(unknown) = scopes.iter().find(|s| !policy.is_known_scope(s)) {
+            return Err(Error::InvalidScope(format!("unknown scope {unknown}")));
         }
-        if !secrets::is_valid_pkce_value(&input.code_challenge) || input.code_challenge.len() != 43
-        {
-            return Err(Error::InvalidRequest(
-                "code_challenge must be a base64url SHA-256 (43 characters)".into(),
-            ));
+        if scopes.is_empty() {
+            scopes = client
+                .scopes
+                .iter()
+                .filter(|s| aud.uses_scope(s))
+                .cloned()
+                .collect();
         }
+        Ok(policy.constraints(&scopes).min_acr.unwrap_or(Acr::Pwd))
+    }
+
+    async fn login_inner(&self, input: LoginInput) -> Result<(LoginOutcome, String), Error> {
+        let client = self
+            .authorization_client(&input.client_id, &input.redirect_uri)
+            .await?;
+        let redirect_uri = input.redirect_uri.as_str();
+        client_may_log_in(&client)?;
+        check_challenge(&input.code_challenge_method, &input.code_challenge)?;
         let audience = self.resolve_audience(input.resource.as_deref())?;
         let username = required("username", Some(&input.username))?;
         field("password", &input.password, 1024)?;
@@ -1700,6 +1736,31 @@ impl Issuer {
         )
         .await
     }
+}
+
+fn client_may_log_in(client: &ClientRecord) -> Result<(), Error> {
+    if client.grant_types.contains(&GrantType::AuthorizationCode) {
+        Ok(())
+    } else {
+        Err(Error::UnauthorizedClient(
+            "client may not use the authorization_code grant".into(),
+        ))
+    }
+}
+
+/// RFC 7636: only S256, and the challenge is a base64url SHA-256.
+fn check_challenge(method: &str, challenge: &str) -> Result<(), Error> {
+    if method != "S256" {
+        return Err(Error::InvalidRequest(
+            "code_challenge_method must be S256".into(),
+        ));
+    }
+    if !secrets::is_valid_pkce_value(challenge) || challenge.len() != 43 {
+        return Err(Error::InvalidRequest(
+            "code_challenge must be a base64url SHA-256 (43 characters)".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn role_refusal(refusal: RoleError) -> Error {

@@ -14,6 +14,7 @@ pub mod grpc;
 pub mod http;
 pub mod issuer;
 pub mod keys;
+mod login;
 pub mod secrets;
 pub mod store;
 #[cfg(test)]

@@ -510,7 +510,7 @@ async fn admin_scopes_need_a_second_factor(backend: Backend) {
 }
 
 /// A six-digit code that is not `code`.
-fn wrong_code(code: &str) -> String {
+pub(crate) fn wrong_code(code: &str) -> String {
     let n: u32 = code.parse().unwrap();
     format!("{:06}", (n + 500_000) % 1_000_000)
 }

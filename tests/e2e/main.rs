@@ -37,6 +37,7 @@ mod issuer_login;
 mod issuer_refresh;
 mod issuer_revocation;
 mod jwt;
+mod login_page;
 mod scale_out;
 mod standard_services;
 mod validator;

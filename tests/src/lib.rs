@@ -13,6 +13,7 @@ pub mod bench;
 pub mod limits;
 pub mod stack;
 pub mod validator;
+pub mod webdriver;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -395,9 +396,21 @@ impl IssuerHandle {
         scopes: &[&str],
         public: bool,
     ) -> (String, Option<String>) {
+        self.client_redirecting_to(grants, scopes, public, &REDIRECT_URIS)
+            .await
+    }
+
+    /// Registers a client with its own redirect URIs; returns (client_id, secret).
+    pub async fn client_redirecting_to(
+        &self,
+        grants: &[GrantType],
+        scopes: &[&str],
+        public: bool,
+        redirect_uris: &[&str],
+    ) -> (String, Option<String>) {
         let spec = ClientSpec {
             name: "test client".into(),
-            redirect_uris: REDIRECT_URIS.iter().map(|u| (*u).to_owned()).collect(),
+            redirect_uris: redirect_uris.iter().map(|u| (*u).to_owned()).collect(),
             grant_types: grants.iter().copied().collect(),
             scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
             public,
