@@ -58,6 +58,7 @@ use trias_runtime::clock::SystemClock;
 use trias_tests::Backend;
 use trias_tests::auditor::{AccessStack, AuditorGrpc};
 use trias_tests::bench::env_or;
+use trias_tests::limits::Limits;
 
 const TARGET_EVENTS_PER_SEC: f64 = 20_000.0;
 const TARGET_QUERY_P99_US: u64 = 10_000;
@@ -202,6 +203,9 @@ fn main() {
         .build()
         .unwrap();
     let mut report = BTreeMap::new();
+    let limits = Limits::measure(&std::env::temp_dir(), Duration::from_secs(2));
+    println!("{}", limits.line());
+    report.insert("limits".to_owned(), limits.json());
     report.insert(
         "settings".to_owned(),
         json!({

@@ -9,7 +9,8 @@
 //! - `unique-70` / `reused-70`: open loop at 70% of the rate the closed loop reached, latency
 //!   measured from each request's scheduled start (no coordinated omission).
 //!
-//! The physical limit is measured in the same run: ring's Ed25519 verify on one core.
+//! The physical limits are measured in the same run (`trias_tests::limits`): ring's Ed25519
+//! verify on one core for unique checks, the disk's fsync latency for the latency target.
 //!
 //! Run with `cargo bench -p trias-tests --bench check`. Environment overrides (all optional):
 //! - `TRIAS_BENCH_SECONDS` (10) / `TRIAS_BENCH_WARMUP` (2): per scenario;
@@ -40,6 +41,7 @@ use trias_proto::v1::validator_client::ValidatorClient;
 use trias_proto::v1::{CheckRequest, Reason};
 use trias_runtime::clock::{Clock as _, unix_seconds};
 use trias_tests::bench::{self, Call, Measured, ThreadGroups, WorkerResult, env_or, round};
+use trias_tests::limits::Limits;
 use trias_tests::validator::{ValidatorOptions, start_validator};
 use trias_tests::{IssuerOptions, start_issuer};
 
@@ -217,26 +219,6 @@ fn mint_parallel(issuer: &trias_issuer::Issuer, base: &AccessClaims, count: usiz
     })
 }
 
-/// ring's Ed25519 verify, one core, for `duration`: the physical limit of unique checks.
-fn raw_verify_per_sec(duration: Duration) -> f64 {
-    use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
-    let rng = ring::rand::SystemRandom::new();
-    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
-    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
-    let message = [7u8; 200];
-    let signature = pair.sign(&message);
-    let public = UnparsedPublicKey::new(&ED25519, pair.public_key().as_ref().to_vec());
-    let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed() < duration {
-        for _ in 0..100 {
-            public.verify(&message, signature.as_ref()).unwrap();
-        }
-        n += 100;
-    }
-    n as f64 / start.elapsed().as_secs_f64()
-}
-
 async fn clients(addr: std::net::SocketAddr, settings: &Settings) -> Vec<ValidatorClient<Channel>> {
     bench::channels(
         addr,
@@ -347,8 +329,9 @@ fn main() {
     let client = bench::runtime("bench-client", settings.client_threads);
 
     println!("Trias check benchmark");
-    let raw_verify = raw_verify_per_sec(Duration::from_secs(2));
-    println!("raw Ed25519 verify (ring, one core): {raw_verify:.0}/s");
+    let limits = Limits::measure(&std::env::temp_dir(), Duration::from_secs(2));
+    let raw_verify = limits.ed25519_verify_per_sec;
+    println!("{}", limits.line());
 
     let (issuer, validator, base) = server.block_on(async {
         let issuer = start_issuer(IssuerOptions::default())
@@ -550,6 +533,7 @@ fn main() {
             "benchmark": "check",
             "machine": { "cpus": cpus, "note": "the load generator runs in the services' process and shares its CPUs" },
             "raw_ed25519_verify_per_sec_one_core": round(raw_verify, 0),
+            "limits": limits.json(),
             "peak_rss_kib": bench::peak_rss_kib(),
             "settings": {
                 "measure_seconds": settings.measure.as_secs_f64(),

@@ -43,6 +43,7 @@ use trias_runtime::clock::{Clock as _, unix_seconds};
 use trias_runtime::event::EventDraft;
 use trias_runtime::outbox::Outbox;
 use trias_tests::bench::{self, Call, Measured, ThreadGroups, env_or, round};
+use trias_tests::limits::Limits;
 use trias_tests::{IssuerHandle, IssuerOptions, pkce_pair, start_issuer};
 
 /// The role and scopes every benchmark subject holds (from the sample policy).
@@ -898,8 +899,11 @@ fn main() {
          would leave the issuer the CPU shown under \"load\""
     );
 
+    let limits = Limits::measure(&std::env::temp_dir(), Duration::from_secs(2));
+    println!("{}", limits.line());
     let report = json!({
         "benchmark": "issuance",
+        "limits": limits.json(),
         "machine": { "cpus": cpus, "note": "the load generator runs in the issuer's process and shares its CPUs" },
         "issuer": { "backend": "sqlite", "outbox": "durable, group commit, fsync per commit", "strict_audit": true },
         "settings": {

@@ -136,7 +136,11 @@ pub fn fsync_rate(dir: &Path, duration: Duration) -> (f64, [u64; 3]) {
         let t = Instant::now();
         file.sync_data().unwrap();
         latency
-            .record(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX).max(1))
+            .record(
+                u64::try_from(t.elapsed().as_micros())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            )
             .unwrap();
         n += 1;
     }
@@ -161,7 +165,9 @@ mod tests {
         let limits = super::Limits::measure(dir.path(), std::time::Duration::from_millis(20));
         assert!(limits.ed25519_sign_per_sec > 0.0 && limits.ed25519_verify_per_sec > 0.0);
         assert!(limits.sha256_mib_per_sec > 0.0 && limits.fsyncs_per_sec > 0.0);
-        assert!(limits.fsync_us[0] <= limits.fsync_us[1] && limits.fsync_us[1] <= limits.fsync_us[2]);
+        assert!(
+            limits.fsync_us[0] <= limits.fsync_us[1] && limits.fsync_us[1] <= limits.fsync_us[2]
+        );
         assert!(!dir.path().join(".trias-fsync-probe").exists());
     }
 }
