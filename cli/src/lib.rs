@@ -8,6 +8,7 @@ pub mod admin;
 pub mod app;
 pub mod audit;
 pub mod audit_query;
+pub mod browser;
 pub mod pki;
 pub mod remote;
 pub mod token;

@@ -41,6 +41,19 @@ pub struct TokenArgs {
     /// `--password-stdin`; `--totp` gives the one-time code when the scope needs MFA.
     #[arg(long, value_name = "USERNAME", conflicts_with = "refresh_token")]
     pub login: Option<String>,
+    /// Log in through the issuer's login page in a browser (authorization code with PKCE,
+    /// RFC 8252 for native apps): the CLI prints the page's address and waits on the
+    /// loopback redirect URI (`--redirect-uri http://127.0.0.1:PORT/PATH`) for the code.
+    #[arg(long, conflicts_with_all = ["login", "refresh_token"])]
+    pub browser: bool,
+    /// The issuer's HTTP address, where the login page is (`--browser`).
+    #[arg(
+        long,
+        env = "TRIAS_ISSUER_URL",
+        default_value = "http://127.0.0.1:7402",
+        value_name = "URL"
+    )]
+    pub issuer_url: String,
     /// Read the password from the first line of stdin.
     #[arg(long, requires = "login")]
     pub password_stdin: bool,
@@ -118,6 +131,21 @@ pub async fn token(args: TokenArgs, out: &mut dyn Write) -> Result<(), CliError>
         .await?;
     let mut issuer = IssuerClient::new(channel);
     let request = match (&args.login, &args.refresh_token) {
+        (None, None) if args.browser => {
+            let redirect_uri = args.redirect_uri.clone().ok_or_else(|| {
+                usage("--browser needs --redirect-uri (the client's loopback redirect URI)")
+            })?;
+            let (code, verifier) = crate::browser::sign_in(&args, &redirect_uri).await?;
+            TokenRequest {
+                grant_type: GrantType::AuthorizationCode.into(),
+                client_id: args.client_id.clone(),
+                client_secret: args.client_secret.clone().unwrap_or_default(),
+                code,
+                code_verifier: verifier,
+                redirect_uri,
+                ..TokenRequest::default()
+            }
+        }
         (Some(username), _) => {
             let redirect_uri = args.redirect_uri.clone().ok_or_else(|| {
                 usage("--login needs --redirect-uri (the client's registered redirect URI)")
@@ -271,7 +299,7 @@ pub async fn check(args: CheckArgs, out: &mut dyn Write) -> Result<(), CliError>
 }
 
 /// A PKCE (RFC 7636) verifier and its S256 challenge.
-fn pkce() -> Result<(String, String), CliError> {
+pub(crate) fn pkce() -> Result<(String, String), CliError> {
     let mut bytes = [0u8; 32];
     SystemRandom::new()
         .fill(&mut bytes)

@@ -534,3 +534,87 @@ async fn a_bad_configuration_is_refused_at_start_naming_the_key() {
         "{message}"
     );
 }
+
+/// `trias token --browser`: the CLI prints the login page's address and waits on the demo
+/// frontend's loopback redirect URI; a real browser signs in there, and the CLI redeems the
+/// code and prints the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trias_token_signs_in_through_the_login_page_in_a_browser() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    use trias_tests::webdriver::{Browser, browser_binaries};
+
+    let Some(binaries) = browser_binaries() else {
+        return;
+    };
+    let mut stack = Stack::up(&[]).await;
+    let mut command = tokio::process::Command::new(trias_tests::stack::cli_binary());
+    command
+        .args([
+            "token",
+            "--browser",
+            "--client-id",
+            &stack.get("demo_frontend_client_id"),
+            "--redirect-uri",
+            &stack.get("demo_redirect_uri"),
+            "--scope",
+            "payments:create",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for (key, value) in stack.env() {
+        command.env(key, value);
+    }
+    let mut cli = command.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(cli.stderr.take().unwrap()).lines();
+    let url = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("the CLI ended before printing the login address");
+        if let Some(url) = line
+            .trim()
+            .strip_prefix(&format!("{}/oauth2/authorize?", stack.get("issuer_url")))
+        {
+            break format!("{}/oauth2/authorize?{url}", stack.get("issuer_url"));
+        }
+    };
+
+    let browser = Browser::start(&binaries).await;
+    browser.goto(&url).await;
+    browser
+        .fill(&browser.element("#username").await, "alice")
+        .await;
+    browser
+        .fill(&browser.element("#password").await, "alice-demo-password")
+        .await;
+    browser
+        .click(&browser.element("button[type=submit]").await)
+        .await;
+    let status = tokio::time::timeout(Duration::from_secs(30), cli.wait())
+        .await
+        .expect("the CLI did not finish after the browser signed in")
+        .unwrap();
+    let mut token = String::new();
+    cli.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut token)
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}: {token}");
+    // The browser landed on the CLI's page, and the token is alice's.
+    assert!(
+        browser
+            .url()
+            .await
+            .starts_with(&stack.get("demo_redirect_uri"))
+    );
+    browser.close().await;
+    let claims = trias_tests::claims(token.trim());
+    assert_eq!(claims["sub"], stack.json["users"]["alice"]["user_id"]);
+    assert_eq!(claims["scope"], "payments:create");
+    assert!(stack.stop().await.status.success());
+}
