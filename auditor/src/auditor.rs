@@ -53,7 +53,15 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct Page {
     pub entries: Vec<LogEntry>,
-    pub next: Option<u64>,
+    pub next: Option<Cursor>,
+}
+
+/// Where the next page of a query starts: after an index (log order), or after an event
+/// time and index (a time-range query, which pages in time order: [`Filter::by_time`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cursor {
+    Index(u64),
+    Time { time: i64, index: u64 },
 }
 
 impl Auditor {
@@ -226,37 +234,68 @@ impl Auditor {
         Ok((to, merkle::consistency_proof(from_size, to, &read)?))
     }
 
-    /// One page of entries matching `filter`, after the cursor `after`.
+    /// One page of entries matching `filter`, after the cursor `after`: in log order, or
+    /// for a time-range query ([`Filter::by_time`]) in event-time order.
     pub async fn query_page(
         &self,
         filter: &Filter,
         order: Order,
-        after: Option<u64>,
+        after: Option<Cursor>,
         page_size: u32,
     ) -> Result<Page, Error> {
         let page_size = page_size.clamp(1, MAX_PAGE_SIZE);
+        let by_time = filter.by_time();
         // One more than asked tells whether there is a next page.
-        let mut rows = self
-            .inner
-            .store
-            .query(filter, order, after, page_size + 1)
-            .await?;
+        let rows: Vec<(u64, Vec<u8>, i64)> = match (by_time, after) {
+            (false, None | Some(Cursor::Index(_))) => {
+                let after = after.map(|c| match c {
+                    Cursor::Index(i) | Cursor::Time { index: i, .. } => i,
+                });
+                self.inner
+                    .store
+                    .query(filter, order, after, page_size + 1)
+                    .await?
+                    .into_iter()
+                    .map(|(index, leaf)| (index, leaf, 0))
+                    .collect()
+            }
+            (true, None | Some(Cursor::Time { .. })) => {
+                let after = match after {
+                    Some(Cursor::Time { time, index }) => Some((time, index)),
+                    _ => None,
+                };
+                self.inner
+                    .store
+                    .query_by_time(filter, order, after, page_size + 1)
+                    .await?
+            }
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "page_token belongs to a query with other filters".into(),
+                ));
+            }
+        };
         let mut more = rows.len() > page_size as usize;
-        rows.truncate(page_size as usize);
         let mut bytes = 0;
-        let mut entries = Vec::with_capacity(rows.len());
-        for (index, leaf) in rows.iter() {
+        let mut entries = Vec::with_capacity(rows.len().min(page_size as usize));
+        let mut last = None;
+        for (index, leaf, time) in rows.into_iter().take(page_size as usize) {
             if !entries.is_empty() && bytes + leaf.len() > MAX_PAGE_BYTES {
                 more = true;
                 break;
             }
             bytes += leaf.len();
-            entries.push(log_entry(*index, leaf.clone()));
+            last = Some(if by_time {
+                Cursor::Time { time, index }
+            } else {
+                Cursor::Index(index)
+            });
+            entries.push(log_entry(index, leaf));
         }
-        let next = more
-            .then(|| entries.last().map(|e: &LogEntry| e.index))
-            .flatten();
-        Ok(Page { entries, next })
+        Ok(Page {
+            entries,
+            next: if more { last } else { None },
+        })
     }
 
     /// The entries in `[from, to)` (to = 0: the current end); refuses a range beyond the log.

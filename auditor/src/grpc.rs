@@ -20,7 +20,7 @@ use trias_runtime::access::bearer_of;
 use trias_runtime::tls::{Caller, identity_of};
 
 use crate::auditor::{
-    Auditor, DEFAULT_PAGE_SIZE, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, MAX_PAGE_SIZE,
+    Auditor, Cursor, DEFAULT_PAGE_SIZE, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, MAX_PAGE_SIZE,
     checkpoint_message,
 };
 use crate::detect::Alert;
@@ -156,15 +156,31 @@ async fn stopping(stop: &mut watch::Receiver<bool>) {
     }
 }
 
-/// The cursor of an opaque page token (the last index of the previous page).
-fn cursor(token: &str) -> Result<Option<u64>, Error> {
+/// The cursor of an opaque page token: the last index of the previous page (`17`), or its
+/// event time and index for a time-ordered query (`t1700000000000000000.17`).
+fn cursor(token: &str) -> Result<Option<Cursor>, Error> {
     if token.is_empty() {
         return Ok(None);
     }
-    token
-        .parse()
-        .map(Some)
-        .map_err(|_| Error::InvalidArgument("page_token is not one this auditor issued".into()))
+    let bad = || Error::InvalidArgument("page_token is not one this auditor issued".into());
+    match token.strip_prefix('t') {
+        Some(rest) => {
+            let (time, index) = rest.split_once('.').ok_or_else(bad)?;
+            Ok(Some(Cursor::Time {
+                time: time.parse().map_err(|_| bad())?,
+                index: index.parse().map_err(|_| bad())?,
+            }))
+        }
+        None => Ok(Some(Cursor::Index(token.parse().map_err(|_| bad())?))),
+    }
+}
+
+/// The page token of a cursor; [`cursor`] reads it back.
+fn page_token(cursor: Cursor) -> String {
+    match cursor {
+        Cursor::Index(index) => index.to_string(),
+        Cursor::Time { time, index } => format!("t{time}.{index}"),
+    }
 }
 
 #[tonic::async_trait]
@@ -248,7 +264,7 @@ impl AuditorApi for AuditorService {
                 };
                 let response = pb::QueryResponse {
                     entries: page.entries,
-                    next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
+                    next_page_token: next.map(page_token).unwrap_or_default(),
                 };
                 if tx.send(Ok(response)).await.is_err() {
                     return;
@@ -327,7 +343,12 @@ impl AuditorApi for AuditorService {
             loop {
                 logged.mark_unchanged();
                 let page = match auditor
-                    .query_page(&alerts, Order::OldestFirst, Some(cursor), ALERT_PAGE)
+                    .query_page(
+                        &alerts,
+                        Order::OldestFirst,
+                        Some(Cursor::Index(cursor)),
+                        ALERT_PAGE,
+                    )
                     .await
                 {
                     Ok(page) => page,
@@ -393,5 +414,30 @@ impl AuditorApi for AuditorService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly")]
+mod tests {
+    use super::{Cursor, cursor, page_token};
+
+    #[test]
+    fn page_tokens_read_back_and_forgeries_are_refused() {
+        for c in [
+            Cursor::Index(0),
+            Cursor::Index(17),
+            Cursor::Time {
+                time: 1_700_000_000_000_000_000,
+                index: 17,
+            },
+            Cursor::Time { time: -5, index: 0 },
+        ] {
+            assert_eq!(cursor(&page_token(c)).unwrap(), Some(c));
+        }
+        assert_eq!(cursor("").unwrap(), None);
+        for bad in ["x", "-1", "t", "t5", "t5.", "t.5", "tx.5", "t5.-1", "17.5"] {
+            assert!(cursor(bad).is_err(), "{bad}");
+        }
     }
 }
