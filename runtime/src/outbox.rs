@@ -5,6 +5,12 @@
 //! commit): it takes the first queued request, drains whatever else is queued without waiting,
 //! writes them all in one transaction, commits with a full fsync, then answers every waiter.
 //! Durability costs one fsync per batch instead of one per event.
+//!
+//! A commit writes as little as it can: each event is one row keyed by its sequence number
+//! (appended at the B-tree's right edge; no secondary index), and shipping moves a single
+//! watermark instead of updating rows. The WAL is checkpointed by a separate task on its own
+//! connection, so a checkpoint's copying and fsync never stall a commit that waiters are
+//! waiting for.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,14 +31,32 @@ use crate::clock::Clock;
 use crate::event::EventDraft;
 
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS outbox (
+CREATE TABLE IF NOT EXISTS events (
     producer_seq INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    event BLOB NOT NULL,
-    shipped INTEGER NOT NULL DEFAULT 0
+    event BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS outbox_unshipped ON outbox (producer_seq) WHERE shipped = 0;
+CREATE TABLE IF NOT EXISTS shipped (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    up_to_seq INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO shipped (one, up_to_seq) VALUES (1, 0);
 ";
+
+/// An outbox from before the watermark (one `outbox` table with a per-row `shipped` flag,
+/// always a prefix) is moved into the tables above, in one transaction, when it is opened.
+const MIGRATE_V1: &str = "
+INSERT INTO events (producer_seq, event) SELECT producer_seq, event FROM outbox;
+UPDATE shipped SET up_to_seq =
+    (SELECT COALESCE(MAX(producer_seq), 0) FROM outbox WHERE shipped = 1) WHERE one = 1;
+DROP TABLE outbox;
+";
+
+/// Rows per INSERT statement: each statement is a round trip to SQLite's worker thread, so
+/// a batch is written in few of them; a fixed size keeps the prepared-statement variants few.
+const ROWS_PER_INSERT: usize = 64;
+
+/// How often the checkpoint task copies the WAL into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 /// Where the outbox lives and who writes to it.
 #[derive(Debug, Clone)]
@@ -122,15 +146,22 @@ impl Outbox {
         let options = SqliteConnectOptions::new()
             .filename(&config.path)
             .busy_timeout(Duration::from_secs(5));
-        let mut conn = options
+        let writable = options
             .clone()
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
+            .synchronous(SqliteSynchronous::Full);
+        // The writer never checkpoints: the checkpoint task does, beside it.
+        let mut conn = writable
+            .clone()
+            .pragma("wal_autocheckpoint", "0")
             .connect()
             .await
             .map_err(|e| open_error(e.to_string()))?;
-        sqlx::raw_sql(SCHEMA)
-            .execute(&mut conn)
+        migrate(&mut conn)
+            .await
+            .map_err(|e| open_error(e.to_string()))?;
+        let checkpointer = writable
+            .connect()
             .await
             .map_err(|e| open_error(e.to_string()))?;
         let last_seq = max_seq(&mut conn)
@@ -148,8 +179,11 @@ impl Outbox {
         let (stopped_tx, writer_stopped) = watch::channel(());
         let (committed_tx, committed) = watch::channel(last_seq);
         let commits = Arc::new(AtomicU64::new(0));
+        let (stop_checkpoints, stop) = oneshot::channel();
+        let checkpoints = tokio::spawn(checkpoint(checkpointer, stop));
         let writer = Writer {
             conn,
+            checkpointer: Some((stop_checkpoints, checkpoints)),
             committed: committed_tx,
             producer: config.producer,
             clock,
@@ -186,7 +220,8 @@ impl Outbox {
         limit: usize,
     ) -> Result<Vec<AuditEvent>, OutboxError> {
         let rows: Vec<Vec<u8>> = sqlx::query_scalar(
-            "SELECT event FROM outbox WHERE shipped = 0 AND producer_seq > ? \
+            "SELECT event FROM events \
+             WHERE producer_seq > MAX(?, (SELECT up_to_seq FROM shipped WHERE one = 1)) \
              ORDER BY producer_seq LIMIT ?",
         )
         .bind(to_sql(after_seq))
@@ -240,7 +275,9 @@ impl Outbox {
 
     /// How many events are not yet shipped.
     pub async fn depth(&self) -> Result<u64, OutboxError> {
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE shipped = 0")
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM events WHERE producer_seq > (SELECT up_to_seq FROM shipped WHERE one = 1)",
+        )
             .fetch_one(&self.reader)
             .await
             .map_err(|e| OutboxError::Read(e.to_string()))?;
@@ -272,8 +309,45 @@ fn create_owner_only(path: &Path) -> std::io::Result<()> {
     options.open(path).map(drop)
 }
 
+/// Creates the tables, moving an outbox of the earlier layout into them.
+async fn migrate(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    // IMMEDIATE: take the write lock first, so a concurrent checkpoint cannot invalidate the
+    // transaction's snapshot halfway (which SQLite reports as busy without retrying).
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    sqlx::raw_sql(SCHEMA).execute(&mut *tx).await?;
+    let v1: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'outbox'",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if v1 > 0 {
+        sqlx::raw_sql(MIGRATE_V1).execute(&mut *tx).await?;
+    }
+    tx.commit().await
+}
+
+/// Copies the WAL into the database file every [`CHECKPOINT_EVERY`] until told to stop
+/// (PASSIVE: it never waits for, nor blocks, the writer or readers), then once more with
+/// TRUNCATE so a closed outbox leaves a short WAL.
+async fn checkpoint(mut conn: SqliteConnection, mut stop: oneshot::Receiver<()>) {
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            () = tokio::time::sleep(CHECKPOINT_EVERY) => {
+                if let Err(error) = sqlx::raw_sql("PRAGMA wal_checkpoint(PASSIVE)").execute(&mut conn).await {
+                    tracing::warn!(%error, "outbox checkpoint failed");
+                }
+            }
+        }
+    }
+    let _ = sqlx::raw_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&mut conn)
+        .await;
+    let _ = conn.close().await;
+}
+
 async fn max_seq(conn: &mut SqliteConnection) -> Result<u64, sqlx::Error> {
-    let max: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(producer_seq), 0) FROM outbox")
+    let max: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(producer_seq), 0) FROM events")
         .fetch_one(conn)
         .await?;
     Ok(from_sql(max))
@@ -290,6 +364,8 @@ fn from_sql(n: i64) -> u64 {
 
 struct Writer {
     conn: SqliteConnection,
+    /// Stopped, and waited for, when the writer ends: `close` returns after both.
+    checkpointer: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
     producer: String,
     clock: Arc<dyn Clock>,
     rng: SystemRandom,
@@ -329,7 +405,7 @@ impl Writer {
                 }
                 Request::MarkShipped { up_to_seq, reply } => {
                     let result = sqlx::query(
-                        "UPDATE outbox SET shipped = 1 WHERE shipped = 0 AND producer_seq <= ?",
+                        "UPDATE shipped SET up_to_seq = MAX(up_to_seq, ?) WHERE one = 1",
                     )
                     .bind(to_sql(up_to_seq))
                     .execute(&mut self.conn)
@@ -343,8 +419,9 @@ impl Writer {
                 Request::Prune { below_seq, reply } => {
                     // Never the highest row: it carries the numbering across restarts.
                     let result = sqlx::query(
-                        "DELETE FROM outbox WHERE shipped = 1 AND producer_seq < ? \
-                         AND producer_seq < (SELECT MAX(producer_seq) FROM outbox)",
+                        "DELETE FROM events WHERE producer_seq < ? \
+                         AND producer_seq <= (SELECT up_to_seq FROM shipped WHERE one = 1) \
+                         AND producer_seq < (SELECT MAX(producer_seq) FROM events)",
                     )
                     .bind(to_sql(below_seq))
                     .execute(&mut self.conn)
@@ -359,6 +436,10 @@ impl Writer {
         }
         if let Err(error) = self.conn.close().await {
             tracing::warn!(%error, "closing the outbox connection failed");
+        }
+        if let Some((stop, task)) = self.checkpointer.take() {
+            let _ = stop.send(());
+            let _ = task.await;
         }
     }
 
@@ -410,20 +491,14 @@ impl Writer {
 
     async fn insert(&mut self, rows: &[(u64, String, Vec<u8>)]) -> Result<(), sqlx::Error> {
         let mut tx = self.conn.begin().await?;
-        // Multi-row statements: each statement is a round trip to SQLite's worker thread, which
-        // costs more than the row itself. 256 rows use 768 parameters, far below SQLite's limit.
-        for chunk in rows.chunks(256) {
-            sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO outbox (producer_seq, id, event) ",
-            )
-            .push_values(chunk, |mut row, (seq, id, event)| {
-                row.push_bind(to_sql(*seq))
-                    .push_bind(id.as_str())
-                    .push_bind(event.as_slice());
-            })
-            .build()
-            .execute(&mut *tx)
-            .await?;
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO events (producer_seq, event) ")
+                .push_values(chunk, |mut row, (seq, _, event)| {
+                    row.push_bind(to_sql(*seq)).push_bind(event.as_slice());
+                })
+                .build()
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await
     }
@@ -582,6 +657,60 @@ mod tests {
         assert_eq!(outbox.record(draft("e")).await.unwrap().producer_seq, 5);
     }
 
+    /// An outbox written by the earlier layout (a `shipped` flag per row) opens with its
+    /// unshipped events still unshipped and its numbering continued.
+    #[tokio::test]
+    async fn an_outbox_of_the_earlier_layout_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.db");
+        create_owner_only(&path).unwrap();
+        let mut old = SqliteConnectOptions::new()
+            .filename(&path)
+            .connect()
+            .await
+            .unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE outbox (producer_seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, \
+             event BLOB NOT NULL, shipped INTEGER NOT NULL DEFAULT 0);",
+        )
+        .execute(&mut old)
+        .await
+        .unwrap();
+        let clock = ManualClock::at_unix(1_700_000_000);
+        for seq in 3..=6u64 {
+            let event = draft(&format!("u{seq}")).into_event(
+                format!("id{seq}"),
+                "issuer",
+                seq,
+                clock.now(),
+            );
+            sqlx::query(
+                "INSERT INTO outbox (producer_seq, id, event, shipped) VALUES (?, ?, ?, ?)",
+            )
+            .bind(to_sql(seq))
+            .bind(format!("id{seq}"))
+            .bind(event.encode_to_vec())
+            .bind(i64::from(seq <= 4))
+            .execute(&mut old)
+            .await
+            .unwrap();
+        }
+        old.close().await.unwrap();
+
+        let outbox = open(&path).await;
+        assert_eq!(outbox.depth().await.unwrap(), 2);
+        let seqs: Vec<u64> = outbox
+            .unshipped(0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.producer_seq)
+            .collect();
+        assert_eq!(seqs, [5, 6]);
+        assert_eq!(outbox.record(draft("next")).await.unwrap().producer_seq, 7);
+        outbox.close().await;
+    }
+
     #[tokio::test]
     async fn missing_directory_is_an_error_naming_the_path() {
         let dir = tempfile::tempdir().unwrap();
@@ -645,7 +774,7 @@ mod tests {
             .connect()
             .await
             .unwrap();
-        sqlx::raw_sql("ALTER TABLE outbox RENAME TO moved")
+        sqlx::raw_sql("ALTER TABLE events RENAME TO moved")
             .execute(&mut other)
             .await
             .unwrap();
@@ -653,7 +782,7 @@ mod tests {
         assert!(matches!(error, OutboxError::Write(_)), "{error}");
 
         // Repaired, the next event takes the number the failed one would have had.
-        sqlx::raw_sql("ALTER TABLE moved RENAME TO outbox")
+        sqlx::raw_sql("ALTER TABLE moved RENAME TO events")
             .execute(&mut other)
             .await
             .unwrap();

@@ -79,13 +79,21 @@ async fn sigterm_under_load_loses_no_answered_issuance() {
     );
     let answered = answered.load(Ordering::SeqCst);
 
-    let unshipped = count(
-        &stack.data_dir.join("issuer/issuer-outbox.db"),
-        "SELECT count(*) FROM outbox WHERE shipped = 0",
-        "",
+    let outbox = trias_runtime::outbox::Outbox::open(
+        trias_runtime::outbox::OutboxConfig::new(
+            stack.data_dir.join("issuer/issuer-outbox.db"),
+            "issuer",
+        ),
+        Arc::new(trias_runtime::clock::SystemClock),
     )
-    .await;
-    assert_eq!(unshipped, 0, "events left unshipped at stop");
+    .await
+    .unwrap();
+    assert_eq!(
+        outbox.depth().await.unwrap(),
+        0,
+        "events left unshipped at stop"
+    );
+    outbox.close().await;
     let logged = count(
         &stack.data_dir.join("auditor/auditor.db"),
         "SELECT count(*) FROM entries WHERE kind = 1 AND client_id = ?",
