@@ -278,6 +278,27 @@ impl Sql {
     }
 }
 
+/// How often the SQLite log's WAL is copied into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// Checkpoints a SQLite log's WAL every [`CHECKPOINT_EVERY`] until the pool closes.
+/// PASSIVE: it neither waits for nor blocks the appending connection or readers.
+async fn checkpoint(pool: AnyPool) {
+    loop {
+        tokio::time::sleep(CHECKPOINT_EVERY).await;
+        if pool.is_closed() {
+            return;
+        }
+        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+            && !pool.is_closed()
+        {
+            tracing::warn!(%error, "log checkpoint failed");
+        }
+    }
+}
+
 /// The auditor's database.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -332,6 +353,11 @@ impl Store {
                     sqlx::query("PRAGMA busy_timeout = 10000")
                         .execute(&mut *conn)
                         .await?;
+                    // No connection checkpoints after its own commit: the checkpoint task
+                    // does, on another connection, so an append never waits for one.
+                    sqlx::query("PRAGMA wal_autocheckpoint = 0")
+                        .execute(&mut *conn)
+                        .await?;
                     Ok(())
                 })
             })
@@ -352,6 +378,9 @@ impl Store {
                 .await
                 .map_err(|e| StoreError::Database(e.into()))?;
         }
+        if backend == Backend::Sqlite {
+            tokio::spawn(checkpoint(pool.clone()));
+        }
         Ok(Store { pool, backend })
     }
 
@@ -366,6 +395,12 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if self.backend == Backend::Sqlite {
+            // A closed log leaves a short WAL behind.
+            let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&self.pool)
+                .await;
+        }
         self.pool.close().await;
     }
 
