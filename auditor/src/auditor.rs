@@ -47,6 +47,7 @@ struct Inner {
     sequencer: Sequencer,
     verifier: Verifier,
     producers: BTreeSet<String>,
+    metrics: crate::metrics::Metrics,
 }
 
 /// One page of a query: the entries and, if there are more, the cursor to continue from.
@@ -73,8 +74,10 @@ impl Auditor {
         verifier: Verifier,
         producers: impl IntoIterator<Item = String>,
     ) -> Auditor {
+        let metrics = crate::metrics::Metrics::new(sequencer.counts());
         Auditor {
             inner: Arc::new(Inner {
+                metrics,
                 store,
                 sequencer,
                 verifier,
@@ -110,6 +113,11 @@ impl Auditor {
         &self.inner.store
     }
 
+    /// This auditor's Prometheus metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
+    }
+
     pub fn sequencer(&self) -> &Sequencer {
         &self.inner.sequencer
     }
@@ -126,6 +134,18 @@ impl Auditor {
 
     /// Validates a batch from `producer` and logs it; a refused batch adds nothing.
     pub async fn append(&self, producer: &str, events: Vec<AuditEvent>) -> Result<Appended, Error> {
+        let started = std::time::Instant::now();
+        let result = self.validate_and_append(producer, events).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        self.inner.metrics.append_seconds.observe(elapsed);
+        result
+    }
+
+    async fn validate_and_append(
+        &self,
+        producer: &str,
+        events: Vec<AuditEvent>,
+    ) -> Result<Appended, Error> {
         let invalid = |message: String| Err(Error::InvalidArgument(message));
         if producer.is_empty() {
             return invalid("producer is required".into());

@@ -53,6 +53,9 @@ pub struct AuditorConfig {
     /// Log as JSON lines.
     #[serde(default)]
     pub log_json: bool,
+    /// Address of the Prometheus `GET /metrics` endpoint (plain HTTP); none when unset.
+    #[serde(default)]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 fn default_grpc_addr() -> SocketAddr {

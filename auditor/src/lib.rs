@@ -22,6 +22,7 @@ pub mod detect;
 pub mod error;
 pub mod grpc;
 pub mod merkle;
+pub mod metrics;
 pub mod sequencer;
 pub mod store;
 #[cfg(test)]
@@ -146,12 +147,19 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let auditor = open(config, Arc::new(trias_runtime::clock::SystemClock)).await?;
-    let grpc = TcpListener::bind(config.grpc_addr)
-        .await
-        .map_err(|e| StartError::Serve(format!("cannot listen on {}: {e}", config.grpc_addr)))?;
+    let bind = |addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| StartError::Serve(format!("cannot listen on {addr}: {e}")))
+    };
+    let grpc = bind(config.grpc_addr).await?;
+    let metrics = match config.metrics_addr {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
     let bound = grpc.local_addr().unwrap_or(config.grpc_addr);
-    tracing::info!(grpc = %bound, origin = %config.origin, "auditor listening");
-    serve(auditor, grpc, shutdown).await?;
+    tracing::info!(grpc = %bound, metrics = ?config.metrics_addr, origin = %config.origin, "auditor listening");
+    serve(auditor, grpc, metrics, shutdown).await?;
     tracing::info!("auditor stopped");
     Ok(())
 }
@@ -175,11 +183,13 @@ pub async fn shutdown_signal() {
     tokio::select! { () = ctrl_c => {}, () = term => {} }
 }
 
-/// Serves the gRPC API on `grpc` until `shutdown` completes, then drains in-flight
-/// requests, commits what the sequencer has queued and closes the database.
+/// Serves the gRPC API on `grpc` and, if given, Prometheus metrics on `metrics` until
+/// `shutdown` completes, then drains in-flight requests, commits what the sequencer has
+/// queued and closes the database.
 pub async fn serve(
     auditor: Auditor,
     grpc: TcpListener,
+    metrics: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -188,6 +198,25 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
     let mut stopped = stop_rx.clone();
+    let metrics_server = metrics.map(|listener| {
+        let refresh_auditor = auditor.clone();
+        let refresh: trias_runtime::metrics::Refresh = Arc::new(move || {
+            let auditor = refresh_auditor.clone();
+            Box::pin(async move {
+                let size = auditor.checkpoint().tree_size;
+                auditor.metrics().log_size.set(size as f64);
+            })
+        });
+        let mut stop = stop_rx.clone();
+        tokio::spawn(trias_runtime::metrics::serve(
+            listener,
+            auditor.metrics().registry.clone(),
+            Some(refresh),
+            async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            },
+        ))
+    });
     let (health, reflection) = trias_runtime::net::standard_services("trias.v1.Auditor")
         .await
         .map_err(StartError::Serve)?;
@@ -202,6 +231,9 @@ pub async fn serve(
             let _ = stopped.wait_for(|stop| *stop).await;
         })
         .await;
+    if let Some(server) = metrics_server {
+        server.abort();
+    }
     auditor.close().await;
     result.map_err(|e| StartError::Serve(format!("grpc: {e}")))
 }

@@ -21,6 +21,7 @@ use ring::rand::{SecureRandom as _, SystemRandom};
 use tokio::sync::{mpsc, oneshot, watch};
 use trias_proto::v1::{AuditEvent, Decision, EventKind};
 use trias_runtime::clock::{Clock, timestamp};
+use trias_runtime::metrics::{Counter, Family};
 
 use crate::checkpoint::{CheckpointBody, SigningKey};
 use crate::detect::{self, DetectConfig, Detector, Detectors};
@@ -78,8 +79,28 @@ pub struct Sequencer {
     /// The index of the newest alert logged, if any.
     alerts: watch::Receiver<Option<u64>>,
     commits: Arc<AtomicU64>,
+    counts: Counts,
     /// Never sent on; its sender is dropped when the writer task ends.
     writer_stopped: watch::Receiver<()>,
+}
+
+/// What the sequencer counts as it commits, for the auditor's metrics.
+#[derive(Debug, Clone)]
+pub struct Counts {
+    /// Entries newly logged from appends (a retried event is not counted again), by
+    /// `producer` (the configured producers only: others are refused before).
+    pub appended: Family<Counter>,
+    /// Alerts logged, by `kind` (the detector's name).
+    pub alerts: Family<Counter>,
+}
+
+impl Default for Counts {
+    fn default() -> Self {
+        Counts {
+            appended: Family::new(&["producer"]),
+            alerts: Family::new(&["kind"]),
+        }
+    }
 }
 
 impl std::fmt::Debug for Request {
@@ -283,6 +304,7 @@ impl Sequencer {
         let (requests, queue) = mpsc::channel(1024);
         let (stopped_tx, writer_stopped) = watch::channel(());
         let commits = Arc::new(AtomicU64::new(0));
+        let counts = Counts::default();
         let writer = Writer {
             store,
             key,
@@ -293,6 +315,7 @@ impl Sequencer {
             latest: latest_tx,
             alerts: alerts_tx,
             commits: Arc::clone(&commits),
+            counts: counts.clone(),
             _stopped: stopped_tx,
         };
         tokio::spawn(writer.run(queue));
@@ -301,6 +324,7 @@ impl Sequencer {
             latest,
             alerts,
             commits,
+            counts,
             writer_stopped,
         })
     }
@@ -329,6 +353,11 @@ impl Sequencer {
     /// The latest signed checkpoint.
     pub fn latest(&self) -> Arc<StoredCheckpoint> {
         Arc::clone(&self.latest.borrow())
+    }
+
+    /// What the writer has counted: entries appended by producer, alerts by kind.
+    pub fn counts(&self) -> &Counts {
+        &self.counts
     }
 
     /// The index of the newest alert logged; changes whenever alerts are logged.
@@ -361,6 +390,7 @@ struct Writer {
     latest: watch::Sender<Arc<StoredCheckpoint>>,
     alerts: watch::Sender<Option<u64>>,
     commits: Arc<AtomicU64>,
+    counts: Counts,
     _stopped: watch::Sender<()>,
 }
 
@@ -504,7 +534,9 @@ impl Writer {
         let mut alerts = self.detect(&observed, unix_nanos(&timestamp(now))).await;
         alerts.extend(raised);
         let mut alerted = None;
+        let mut kinds = Vec::with_capacity(alerts.len());
         for alert in alerts {
+            kinds.push(alert.detector.name());
             let seq = self.detectors.next_alert_seq();
             let event = alert.into_event(self.alert_id(seq), seq, timestamp(now));
             let leaf = crate::auditor::leaf(&event);
@@ -542,6 +574,12 @@ impl Writer {
                     self.latest.send_replace(Arc::clone(&checkpoint));
                     if alerted.is_some() {
                         self.alerts.send_replace(alerted);
+                    }
+                    for (_, event) in &observed {
+                        self.counts.appended.with(&[&event.producer]).inc();
+                    }
+                    for kind in kinds {
+                        self.counts.alerts.with(&[kind]).inc();
                     }
                     tracing::debug!(events = size, tree_size = checkpoint.tree_size, "appended");
                     Ok(checkpoint)

@@ -56,6 +56,15 @@ impl Ports {
     pub fn auditor_grpc(self) -> String {
         self.addr(21)
     }
+    pub fn issuer_metrics(self) -> String {
+        self.addr(3)
+    }
+    pub fn validator_metrics(self) -> String {
+        self.addr(13)
+    }
+    pub fn auditor_metrics(self) -> String {
+        self.addr(23)
+    }
     /// The demo frontend's registered redirect URI (nothing listens there unless a
     /// frontend, or `trias token --login`, does).
     pub fn demo_redirect(self) -> String {
@@ -146,6 +155,18 @@ pub async fn up(data_dir: &Path, ports: Ports) -> Result<(), Error> {
             std::fs::write(config, format!("{line}{text}"))?;
         }
     }
+    // Prometheus metrics on their own ports (also for a data directory from before them).
+    for (config, addr) in [
+        (&auditor_config, ports.auditor_metrics()),
+        (&issuer_config, ports.issuer_metrics()),
+        (&validator_config, ports.validator_metrics()),
+    ] {
+        let text = std::fs::read_to_string(config)?;
+        if !text.contains("metrics_addr") {
+            let line = format!("metrics_addr = \"{addr}\"\n");
+            std::fs::write(config, format!("{line}{text}"))?;
+        }
+    }
     // Mutual TLS between the services, with development certificates (also for a data
     // directory from before mTLS).
     let pki = Pki::new(data_dir.join("pki"));
@@ -172,9 +193,12 @@ pub async fn up(data_dir: &Path, ports: Ports) -> Result<(), Error> {
     for addr in [
         &issuer_grpc,
         &issuer_http,
+        &ports.issuer_metrics(),
         &validator_grpc,
         &validator_http,
+        &ports.validator_metrics(),
         &auditor_grpc,
+        &ports.auditor_metrics(),
     ] {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             return Err(format!("{addr} is already in use: is another `trias up` running?").into());
@@ -208,6 +232,12 @@ pub async fn up(data_dir: &Path, ports: Ports) -> Result<(), Error> {
     println!("  validator HTTP  http://{validator_http}  (POST /oauth2/introspect)");
     println!(
         "  auditor gRPC  http://{auditor_grpc}  (Query, WatchAlerts, GetCheckpoint, proofs, Export)"
+    );
+    println!(
+        "  metrics  http://{}/metrics  http://{}/metrics  http://{}/metrics  (issuer, validator, auditor)",
+        ports.issuer_metrics(),
+        ports.validator_metrics(),
+        ports.auditor_metrics()
     );
     println!(
         "  gRPC is mutual TLS: certificates in {} (`trias pki init --backend NAME` adds one)",

@@ -69,6 +69,9 @@ pub struct IssuerConfig {
     /// Log as JSON lines.
     #[serde(default)]
     pub log_json: bool,
+    /// Address of the Prometheus `GET /metrics` endpoint (plain HTTP); none when unset.
+    #[serde(default)]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

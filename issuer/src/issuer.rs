@@ -255,6 +255,7 @@ struct Inner {
     settings: Settings,
     /// The newest revocation sequence number this process wrote; wakes feed subscribers.
     revoked: watch::Sender<i64>,
+    metrics: crate::metrics::Metrics,
 }
 
 fn field<'a>(name: &str, value: &'a str, max: usize) -> Result<&'a str, Error> {
@@ -324,12 +325,22 @@ impl Issuer {
                 rng,
                 settings,
                 revoked,
+                metrics: crate::metrics::Metrics::new(),
             }),
         })
     }
 
     pub fn settings(&self) -> &Settings {
         &self.inner.settings
+    }
+
+    /// This issuer's Prometheus metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
     }
 
     pub fn policy(&self) -> &Policy {
@@ -549,7 +560,14 @@ impl Issuer {
         let grant = input.grant_type.clone();
         let client_id = input.client_id.clone();
         match self.token_inner(input).await {
-            Ok(issued) => Ok(issued),
+            Ok(issued) => {
+                // Parsed again so the label is always one of the closed set of grant names.
+                let name = grant
+                    .parse::<GrantType>()
+                    .map_or("unknown", GrantType::as_str);
+                self.inner.metrics.tokens_issued.with(&[name]).inc();
+                Ok(issued)
+            }
             Err(error) => Err(self.refuse_token(&client_id, &grant, error).await),
         }
     }
@@ -557,6 +575,12 @@ impl Issuer {
     /// Records a refused token request (also one refused before it reached [`Issuer::token`],
     /// such as a malformed HTTP form) and hands the error back.
     pub async fn refuse_token(&self, client_id: &str, grant_type: &str, error: Error) -> Error {
+        let code = error.oauth_code();
+        self.inner
+            .metrics
+            .token_requests_refused
+            .with(&[code])
+            .inc();
         let mut draft = EventDraft::new(EventKind::TokenRefused)
             .client_id(truncate(client_id))
             .decision(Decision::Deny)

@@ -15,6 +15,7 @@ pub mod http;
 pub mod issuer;
 pub mod keys;
 mod login;
+pub mod metrics;
 pub mod secrets;
 pub mod store;
 #[cfg(test)]
@@ -129,8 +130,12 @@ pub async fn run(
     };
     let grpc = bind(config.grpc_addr).await?;
     let http = bind(config.http_addr).await?;
-    tracing::info!(grpc = %config.grpc_addr, http = %config.http_addr, issuer = %issuer.settings().issuer, "issuer listening");
-    serve(issuer, grpc, http, shutdown).await?;
+    let metrics = match config.metrics_addr {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    tracing::info!(grpc = %config.grpc_addr, http = %config.http_addr, metrics = ?config.metrics_addr, issuer = %issuer.settings().issuer, "issuer listening");
+    serve(issuer, grpc, http, metrics, shutdown).await?;
     tracing::info!("issuer stopped");
     Ok(())
 }
@@ -172,13 +177,15 @@ fn create_private_file(path: &std::path::Path) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Serves the gRPC API on `grpc` and the HTTP endpoints on `http` until `shutdown`
-/// completes, shipping the audit outbox to the auditor meanwhile if one is configured; then
-/// drains in-flight requests, flushes the outbox (for a bounded time) and closes it.
+/// Serves the gRPC API on `grpc`, the HTTP endpoints on `http` and, if given, Prometheus
+/// metrics on `metrics` until `shutdown` completes, shipping the audit outbox to the auditor
+/// meanwhile if one is configured; then drains in-flight requests, flushes the outbox (for a
+/// bounded time) and closes it.
 pub async fn serve(
     issuer: Issuer,
     grpc: TcpListener,
     http: TcpListener,
+    metrics: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -231,7 +238,26 @@ pub async fn serve(
         settings.auditor_url.as_deref(),
         &settings.transport,
     );
+    let metrics_server = metrics.map(|listener| {
+        let refresh_issuer = issuer.clone();
+        let refresh: trias_runtime::metrics::Refresh = Arc::new(move || {
+            let issuer = refresh_issuer.clone();
+            Box::pin(async move {
+                let now = issuer.clock().now();
+                issuer.metrics().outbox.refresh(issuer.outbox(), now).await;
+            })
+        });
+        tokio::spawn(trias_runtime::metrics::serve(
+            listener,
+            issuer.metrics().registry.clone(),
+            Some(refresh),
+            stopped(stop_rx.clone()),
+        ))
+    });
     let (grpc_result, http_result) = tokio::join!(grpc_server, http_server);
+    if let Some(server) = metrics_server {
+        server.abort();
+    }
     reloader.abort();
     // No request is in flight any more: the shipper's final flush sees every event.
     shipper.stop().await;

@@ -284,6 +284,17 @@ impl Outbox {
         Ok(from_sql(count))
     }
 
+    /// The time of the oldest event not yet shipped, if any.
+    pub async fn oldest_unshipped(&self) -> Result<Option<std::time::SystemTime>, OutboxError> {
+        let oldest = self.unshipped(0, 1).await?;
+        Ok(oldest.first().and_then(|event| {
+            let time = event.time.as_ref()?;
+            let seconds = u64::try_from(time.seconds).ok()?;
+            let nanos = u32::try_from(time.nanos).ok()?;
+            Some(std::time::UNIX_EPOCH + std::time::Duration::new(seconds, nanos))
+        }))
+    }
+
     /// Transactions the writer has committed so far; far fewer than events under load.
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
@@ -616,6 +627,24 @@ mod tests {
             .map(|e| e.producer_seq)
             .collect();
         assert_eq!(rest, [3, 4]);
+    }
+
+    #[tokio::test]
+    async fn the_oldest_unshipped_event_is_the_first_after_the_watermark() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::at_unix(1_700_000_000));
+        let config = OutboxConfig::new(dir.path().join("outbox.db"), "issuer");
+        let outbox = Outbox::open(config, clock.clone()).await.unwrap();
+        assert_eq!(outbox.oldest_unshipped().await.unwrap(), None);
+        outbox.record(draft("a")).await.unwrap();
+        clock.advance(Duration::from_secs(7));
+        outbox.record(draft("b")).await.unwrap();
+        let at = |secs| Some(std::time::UNIX_EPOCH + Duration::from_secs(secs));
+        assert_eq!(outbox.oldest_unshipped().await.unwrap(), at(1_700_000_000));
+        outbox.mark_shipped(1).await.unwrap();
+        assert_eq!(outbox.oldest_unshipped().await.unwrap(), at(1_700_000_007));
+        outbox.mark_shipped(2).await.unwrap();
+        assert_eq!(outbox.oldest_unshipped().await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -587,7 +587,7 @@ async fn start(config: &AuditorConfig, token: Option<String>) -> Running {
         let shutdown = async {
             let _ = stopped.await;
         };
-        trias_auditor::serve(served, listener, shutdown)
+        trias_auditor::serve(served, listener, None, shutdown)
             .await
             .unwrap();
     });

@@ -91,7 +91,7 @@ fn auditor_process() {
         {
             println!("{READY} {bound} {}", auditor.verifier());
         }
-        trias_auditor::serve(auditor, listener, std::future::pending())
+        trias_auditor::serve(auditor, listener, None, std::future::pending())
             .await
             .unwrap();
     });

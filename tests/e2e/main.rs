@@ -38,6 +38,7 @@ mod issuer_refresh;
 mod issuer_revocation;
 mod jwt;
 mod login_page;
+mod metrics;
 mod scale_out;
 mod standard_services;
 mod validator;

@@ -105,6 +105,8 @@ impl AuditorOptions {
 #[derive(Debug)]
 pub struct AuditorHandle {
     pub grpc_addr: SocketAddr,
+    /// Prometheus `GET /metrics` (plain HTTP).
+    pub metrics_addr: SocketAddr,
     pub auditor: Auditor,
     pub clock: Arc<ManualClock>,
     pub dir: Arc<tempfile::TempDir>,
@@ -171,12 +173,14 @@ async fn serve(
     listener: TcpListener,
 ) -> AuditorHandle {
     let grpc_addr = listener.local_addr().unwrap();
+    let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = metrics.local_addr().unwrap();
     let shared: Arc<dyn Clock> = clock.clone();
     let auditor = trias_auditor::open(&config, shared).await.unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let served = auditor.clone();
     let task = tokio::spawn(async move {
-        trias_auditor::serve(served, listener, async {
+        trias_auditor::serve(served, listener, Some(metrics), async {
             let _ = rx.await;
         })
         .await
@@ -184,6 +188,7 @@ async fn serve(
     });
     AuditorHandle {
         grpc_addr,
+        metrics_addr,
         auditor,
         clock,
         dir,

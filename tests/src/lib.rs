@@ -154,6 +154,8 @@ impl IssuerOptions {
 pub struct IssuerHandle {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// Prometheus `GET /metrics` (plain HTTP).
+    pub metrics_addr: SocketAddr,
     pub issuer: Issuer,
     pub clock: Arc<ManualClock>,
     pub dir: tempfile::TempDir,
@@ -172,7 +174,9 @@ pub async fn start_issuer(options: IssuerOptions) -> Option<IssuerHandle> {
     std::fs::write(&policy_path, &options.policy).unwrap();
     let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
+    let metrics_addr = metrics.local_addr().unwrap();
     let mut env = std::collections::BTreeMap::from([
         (
             "TRIAS_ISSUER_POLICY".to_owned(),
@@ -241,7 +245,7 @@ pub async fn start_issuer(options: IssuerOptions) -> Option<IssuerHandle> {
     let (tx, rx) = oneshot::channel::<()>();
     let served = issuer.clone();
     let task = tokio::spawn(async move {
-        trias_issuer::serve(served, grpc, http, async {
+        trias_issuer::serve(served, grpc, http, Some(metrics), async {
             let _ = rx.await;
         })
         .await
@@ -250,6 +254,7 @@ pub async fn start_issuer(options: IssuerOptions) -> Option<IssuerHandle> {
     let mut handle = IssuerHandle {
         grpc_addr,
         http_addr,
+        metrics_addr,
         issuer,
         clock: options.clock,
         dir,
@@ -696,6 +701,109 @@ pub fn assert_no_bearer_values(events: &[AuditEvent], values: &[&str]) {
             "a bearer value leaked into the audit events"
         );
     }
+}
+
+/// Scrapes a Prometheus endpoint; panics unless it answers 200 in the text format.
+pub async fn scrape(metrics_addr: SocketAddr) -> Metrics {
+    let response = reqwest::get(format!("http://{metrics_addr}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    Metrics::parse(&response.text().await.unwrap())
+}
+
+/// A parsed Prometheus text exposition: each sample by name and sorted labels.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    pub text: String,
+    samples: Vec<Sample>,
+}
+
+/// One sample: name, labels (sorted by name) and value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+impl Metrics {
+    /// Parses the text format (escaped label values included); panics on a malformed line.
+    pub fn parse(text: &str) -> Metrics {
+        let mut samples = Vec::new();
+        for line in text.lines() {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').expect("a sample line");
+            let value: f64 = match value {
+                "+Inf" => f64::INFINITY,
+                "-Inf" => f64::NEG_INFINITY,
+                other => other.parse().expect("a sample value"),
+            };
+            let (name, labels) = match series.split_once('{') {
+                None => (series.to_owned(), Vec::new()),
+                Some((name, rest)) => {
+                    let rest = rest.strip_suffix('}').expect("labels close");
+                    (name.to_owned(), parse_labels(rest))
+                }
+            };
+            samples.push((name, labels, value));
+        }
+        Metrics {
+            text: text.to_owned(),
+            samples,
+        }
+    }
+
+    /// The value of the sample `name` with exactly these labels, if present.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut wanted: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        wanted.sort();
+        self.samples
+            .iter()
+            .find(|(n, l, _)| n == name && *l == wanted)
+            .map(|(_, _, v)| *v)
+    }
+
+    /// [`Metrics::get`], 0 when the sample is absent (a counter not yet incremented).
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels).unwrap_or(0.0)
+    }
+}
+
+fn parse_labels(text: &str) -> Vec<(String, String)> {
+    let mut labels = Vec::new();
+    let mut chars = text.chars().peekable();
+    while chars.peek().is_some() {
+        let name: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        assert_eq!(chars.next(), Some('"'), "a label value opens with a quote");
+        let mut value = String::new();
+        loop {
+            match chars.next().expect("a label value closes") {
+                '"' => break,
+                '\\' => match chars.next().expect("an escape") {
+                    'n' => value.push('\n'),
+                    other => value.push(other),
+                },
+                c => value.push(c),
+            }
+        }
+        labels.push((name.trim_start_matches(',').to_owned(), value));
+        if chars.peek() == Some(&',') {
+            chars.next();
+        }
+    }
+    labels.sort();
+    labels
 }
 
 /// The next revocation on a feed; fails the test if none arrives within five seconds.

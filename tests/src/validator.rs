@@ -87,6 +87,8 @@ impl ValidatorOptions {
 pub struct ValidatorHandle {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// Prometheus `GET /metrics` (plain HTTP).
+    pub metrics_addr: SocketAddr,
     pub validator: Validator,
     /// The issuer's clock, shared: advancing it moves both services.
     pub clock: Arc<ManualClock>,
@@ -118,7 +120,9 @@ pub async fn start_validator_on(
     let policy_path = dir.path().join("policy.toml");
     std::fs::write(&policy_path, &options.policy).unwrap();
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
+    let metrics_addr = metrics.local_addr().unwrap();
     let clients = options
         .introspection_clients
         .iter()
@@ -177,7 +181,7 @@ pub async fn start_validator_on(
     let (tx, rx) = oneshot::channel::<()>();
     let served = validator.clone();
     let task = tokio::spawn(async move {
-        trias_validator::serve(served, grpc, http, async {
+        trias_validator::serve(served, grpc, http, Some(metrics), async {
             let _ = rx.await;
         })
         .await
@@ -186,6 +190,7 @@ pub async fn start_validator_on(
     Some(ValidatorHandle {
         grpc_addr,
         http_addr,
+        metrics_addr,
         validator,
         clock: issuer.clock.clone(),
         dir,

@@ -82,6 +82,9 @@ pub struct ValidatorConfig {
     /// Log as JSON lines.
     #[serde(default)]
     pub log_json: bool,
+    /// Address of the Prometheus `GET /metrics` endpoint (plain HTTP); none when unset.
+    #[serde(default)]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -20,6 +20,7 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod keys;
+pub mod metrics;
 pub mod revocation;
 pub mod store;
 #[cfg(test)]
@@ -182,8 +183,12 @@ pub async fn run(
     };
     let grpc = bind(config.grpc_addr).await?;
     let http = bind(config.http_addr).await?;
-    tracing::info!(grpc = %config.grpc_addr, http = %config.http_addr, issuer = %config.issuer, "validator listening");
-    serve(validator, grpc, http, shutdown).await?;
+    let metrics = match config.metrics_addr {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    tracing::info!(grpc = %config.grpc_addr, http = %config.http_addr, metrics = ?config.metrics_addr, issuer = %config.issuer, "validator listening");
+    serve(validator, grpc, http, metrics, shutdown).await?;
     tracing::info!("validator stopped");
     Ok(())
 }
@@ -207,14 +212,15 @@ pub async fn shutdown_signal() {
     tokio::select! { () = ctrl_c => {}, () = term => {} }
 }
 
-/// Serves the gRPC API on `grpc` and introspection on `http` until `shutdown` completes,
-/// following the issuer's JWKS and revocation feed and shipping the audit outbox to the
+/// Serves the gRPC API on `grpc`, introspection on `http` and, if given, Prometheus metrics
+/// on `metrics` until `shutdown` completes, following the issuer's JWKS and revocation feed and shipping the audit outbox to the
 /// auditor (if one is configured) meanwhile; then drains in-flight requests, flushes the
 /// outbox (for a bounded time) and closes it and the ledger.
 pub async fn serve(
     validator: Validator,
     grpc: TcpListener,
     http: TcpListener,
+    metrics: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -274,7 +280,27 @@ pub async fn serve(
         validator.settings().auditor_url.as_deref(),
         &validator.settings().transport,
     );
+    let metrics_server = metrics.map(|listener| {
+        let refresh_validator = validator.clone();
+        let refresh: trias_runtime::metrics::Refresh = Arc::new(move || {
+            let validator = refresh_validator.clone();
+            Box::pin(async move {
+                let now = validator.clock().now();
+                let gauges = &validator.metrics().outbox;
+                gauges.refresh(validator.outbox(), now).await;
+            })
+        });
+        tokio::spawn(trias_runtime::metrics::serve(
+            listener,
+            validator.metrics().registry.clone(),
+            Some(refresh),
+            stopped(stop_rx.clone()),
+        ))
+    });
     let (grpc_result, http_result) = tokio::join!(grpc_server, http_server);
+    if let Some(server) = metrics_server {
+        server.abort();
+    }
     key_refresher.abort();
     if let Some(feed) = feed {
         feed.abort();

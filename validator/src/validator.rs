@@ -106,6 +106,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     introspection_clients: Vec<(IntrospectionClient, [u8; 32])>,
     issuer_channel: Option<Channel>,
+    metrics: crate::metrics::Metrics,
 }
 
 /// The validator; cheap to clone.
@@ -153,8 +154,14 @@ impl Validator {
                 clock: parts.clock,
                 introspection_clients,
                 issuer_channel: parts.issuer_channel,
+                metrics: crate::metrics::Metrics::new(),
             }),
         }
+    }
+
+    /// This validator's Prometheus metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
     }
 
     pub fn settings(&self) -> &Settings {
@@ -414,14 +421,16 @@ impl Validator {
         for (key, value) in &input.context {
             draft = draft.attribute(format!("context.{key}"), value.clone());
         }
+        let reason = check::reason_name(verdict.reason);
+        let decision = if verdict.allowed { "allow" } else { "deny" };
         draft = if verdict.allowed {
             draft.allow()
         } else {
-            draft.deny(check::reason_name(verdict.reason))
+            draft.deny(reason.clone())
         };
         tracing::debug!(
-            allowed = verdict.allowed,
-            reason = %check::reason_name(verdict.reason),
+            decision,
+            reason = %reason,
             audience = %input.audience,
             action = input.action.as_deref().unwrap_or(""),
             "check decided"
@@ -432,6 +441,8 @@ impl Validator {
                 return Err(Error::AuditUnavailable);
             }
         }
+        // Counted once answered; the reason is one of the closed set of reason codes.
+        self.inner.metrics.checks.with(&[decision, &reason]).inc();
         Ok(())
     }
 }
