@@ -133,6 +133,7 @@ impl Auditor {
     }
 
     /// Validates a batch from `producer` and logs it; a refused batch adds nothing.
+    #[tracing::instrument(name = "append", skip_all, fields(producer, events = events.len()))]
     pub async fn append(&self, producer: &str, events: Vec<AuditEvent>) -> Result<Appended, Error> {
         let started = std::time::Instant::now();
         let result = self.validate_and_append(producer, events).await;

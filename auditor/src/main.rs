@@ -28,8 +28,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    trias_runtime::telemetry::init(config.log_json);
-    match trias_auditor::run(&config, trias_auditor::shutdown_signal()).await {
+    let telemetry = trias_runtime::telemetry::init_service(config.log_json, "auditor");
+    let result = trias_auditor::run(&config, trias_auditor::shutdown_signal()).await;
+    // The last spans (the shutdown's included) are exported before the process ends.
+    telemetry.shutdown().await;
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "auditor stopped");

@@ -260,6 +260,28 @@ pub async fn load_detectors(
     Ok(detectors)
 }
 
+/// Records that the event at `index` is logged, as a span in the trace of the request that
+/// caused it (its `trace_id` and `span_id`): a check and the logging of its event are one
+/// trace, though the event arrived later in a shipped batch. Events without a trace get none.
+fn integrated_span(index: u64, event: &AuditEvent) {
+    let Some(span_id) = event.attributes.get(trias_runtime::event::SPAN_ID) else {
+        return;
+    };
+    let span = tracing::info_span!(
+        "audit.integrate",
+        index,
+        event_id = %event.id,
+        producer = %event.producer,
+        producer_seq = event.producer_seq,
+        kind = event.kind().as_str_name(),
+    );
+    if !trias_runtime::trace::set_remote_parent(&span, &event.trace_id, span_id) {
+        return;
+    }
+    // Entered and left at once: the span marks the commit that logged the event.
+    drop(span.enter());
+}
+
 fn now_nanos(clock: &dyn Clock) -> i64 {
     unix_nanos(&timestamp(clock.now()))
 }
@@ -575,8 +597,9 @@ impl Writer {
                     if alerted.is_some() {
                         self.alerts.send_replace(alerted);
                     }
-                    for (_, event) in &observed {
+                    for (index, event) in &observed {
                         self.counts.appended.with(&[&event.producer]).inc();
+                        integrated_span(*index, event);
                     }
                     for kind in kinds {
                         self.counts.alerts.with(&[kind]).inc();

@@ -78,21 +78,24 @@ pub async fn serve(service: &str, config_path: &Path) -> Result<(), Error> {
     match service {
         "issuer" => {
             let config = IssuerConfig::load(Some(config_path), &env)?;
-            trias_runtime::telemetry::init(config.log_json);
-            trias_issuer::run(&config, trias_issuer::shutdown_signal()).await?;
-            Ok(())
+            let telemetry = trias_runtime::telemetry::init_service(config.log_json, service);
+            let result = trias_issuer::run(&config, trias_issuer::shutdown_signal()).await;
+            telemetry.shutdown().await;
+            Ok(result?)
         }
         "validator" => {
             let config = trias_validator::ValidatorConfig::load(Some(config_path), &env)?;
-            trias_runtime::telemetry::init(config.log_json);
-            trias_validator::run(&config, trias_validator::shutdown_signal()).await?;
-            Ok(())
+            let telemetry = trias_runtime::telemetry::init_service(config.log_json, service);
+            let result = trias_validator::run(&config, trias_validator::shutdown_signal()).await;
+            telemetry.shutdown().await;
+            Ok(result?)
         }
         "auditor" => {
             let config = trias_auditor::AuditorConfig::load(Some(config_path), &env)?;
-            trias_runtime::telemetry::init(config.log_json);
-            trias_auditor::run(&config, trias_auditor::shutdown_signal()).await?;
-            Ok(())
+            let telemetry = trias_runtime::telemetry::init_service(config.log_json, service);
+            let result = trias_auditor::run(&config, trias_auditor::shutdown_signal()).await;
+            telemetry.shutdown().await;
+            Ok(result?)
         }
         other => Err(format!("unknown service {other}").into()),
     }

@@ -555,20 +555,40 @@ impl Issuer {
 
     // ----- the token endpoint -----
 
-    /// The token endpoint: every grant. A refusal is an audit event too.
+    /// The token endpoint: every grant. A refusal is an audit event too. Its span names the
+    /// grant, the client and the outcome, never a secret, code or token.
+    #[tracing::instrument(
+        name = "token",
+        skip_all,
+        fields(
+            grant_type = tracing::field::Empty,
+            client_id = %truncate(&input.client_id),
+            decision = tracing::field::Empty,
+            error = tracing::field::Empty,
+            token_id = tracing::field::Empty,
+        )
+    )]
     pub async fn token(&self, input: TokenInput) -> Result<Issued, Error> {
         let grant = input.grant_type.clone();
         let client_id = input.client_id.clone();
+        // Parsed, so the label and the field are always one of the closed set of grant names.
+        let name = grant
+            .parse::<GrantType>()
+            .map_or("unknown", GrantType::as_str);
+        let span = tracing::Span::current();
+        span.record("grant_type", name);
         match self.token_inner(input).await {
             Ok(issued) => {
-                // Parsed again so the label is always one of the closed set of grant names.
-                let name = grant
-                    .parse::<GrantType>()
-                    .map_or("unknown", GrantType::as_str);
+                span.record("decision", "allow");
+                span.record("token_id", issued.token_id.as_str());
                 self.inner.metrics.tokens_issued.with(&[name]).inc();
                 Ok(issued)
             }
-            Err(error) => Err(self.refuse_token(&client_id, &grant, error).await),
+            Err(error) => {
+                span.record("decision", "deny");
+                span.record("error", error.oauth_code());
+                Err(self.refuse_token(&client_id, &grant, error).await)
+            }
         }
     }
 

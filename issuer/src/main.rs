@@ -51,11 +51,15 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    trias_runtime::telemetry::init(config.log_json);
     if let Some(Command::Bootstrap { admins, role }) = args.command {
+        trias_runtime::telemetry::init(config.log_json);
         return bootstrap(&config, &admins, &role).await;
     }
-    match trias_issuer::run(&config, trias_issuer::shutdown_signal()).await {
+    let telemetry = trias_runtime::telemetry::init_service(config.log_json, "issuer");
+    let result = trias_issuer::run(&config, trias_issuer::shutdown_signal()).await;
+    // The last spans (the shutdown's included) are exported before the process ends.
+    telemetry.shutdown().await;
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "issuer stopped");

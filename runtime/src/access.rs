@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
-use tonic::transport::Channel;
 use trias_proto::v1::validator_client::ValidatorClient;
 use trias_proto::v1::{CheckDecision, CheckRequest};
 
@@ -71,7 +70,7 @@ impl Interceptor for Bearer {
 /// service's: under mTLS the validator binds it to this service's identity anyway).
 #[derive(Debug, Clone)]
 pub struct TokenChecker {
-    client: ValidatorClient<Channel>,
+    client: ValidatorClient<crate::trace::Traced>,
     audience: String,
 }
 
@@ -86,7 +85,7 @@ impl TokenChecker {
             .timeout(Duration::from_secs(10))
             .connect_lazy();
         Ok(TokenChecker {
-            client: ValidatorClient::new(channel),
+            client: ValidatorClient::new(crate::trace::traced(channel)),
             audience: audience.to_owned(),
         })
     }

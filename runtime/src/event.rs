@@ -8,6 +8,10 @@ use trias_proto::v1::{AuditEvent, Decision, EventKind};
 
 use crate::clock::timestamp;
 
+/// The attribute holding the W3C span id of the request that caused an event (beside its
+/// `trace_id`).
+pub const SPAN_ID: &str = "span_id";
+
 /// An audit event before the outbox has given it an id, a sequence number and a time.
 ///
 /// Never put bearer values (tokens, secrets, codes) in any field: only token ids and hashes.
@@ -42,11 +46,19 @@ macro_rules! string_setters {
 
 impl EventDraft {
     /// An empty event of the given kind.
+    /// An empty event of the given kind, carrying the trace and span ids of the current
+    /// span if it is traced (`trace_id`, and the `span_id` attribute), so the auditor's
+    /// span that logs it joins the same trace.
     pub fn new(kind: EventKind) -> Self {
-        Self {
+        let mut draft = Self {
             kind,
             ..Self::default()
+        };
+        if let Some((trace_id, span_id)) = crate::trace::current_ids() {
+            draft.trace_id = trace_id;
+            draft.attributes.insert(SPAN_ID.to_owned(), span_id);
         }
+        draft
     }
 
     string_setters! {

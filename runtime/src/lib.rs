@@ -17,3 +17,4 @@ pub mod shipper;
 pub mod telemetry;
 pub mod testing;
 pub mod tls;
+pub mod trace;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use trias_proto::v1::auditor_client::AuditorClient;
 use trias_proto::v1::{AppendRequest, AuditEvent};
 
@@ -92,7 +92,8 @@ pub fn spawn_shipper(
             .connect_lazy();
         let shipper = Shipper {
             outbox,
-            client: AuditorClient::new(channel).max_encoding_message_size(usize::MAX),
+            client: AuditorClient::new(crate::trace::traced(channel))
+                .max_encoding_message_size(usize::MAX),
             batch: config.batch.clamp(1, MAX_BATCH),
             shipped: 0,
             since_prune: 0,
@@ -149,7 +150,7 @@ impl ShipperHandle {
 
 struct Shipper {
     outbox: Outbox,
-    client: AuditorClient<Channel>,
+    client: AuditorClient<crate::trace::Traced>,
     batch: usize,
     /// The last sequence number acknowledged in this run.
     shipped: u64,
@@ -244,6 +245,7 @@ impl Shipper {
     }
 
     /// Sends one batch; on acknowledgement returns its last sequence number.
+    #[tracing::instrument(name = "audit.ship", skip_all, fields(events = events.len()))]
     async fn send(&mut self, events: Vec<AuditEvent>) -> Result<u64, String> {
         let Some(first) = events.first() else {
             return Err("empty batch".into());

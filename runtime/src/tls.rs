@@ -281,7 +281,8 @@ impl Transport {
     /// A gRPC server builder: under mTLS it presents this service's certificate and requires
     /// every caller to present one signed by the CA.
     pub fn server(&self) -> Result<Server, TlsError> {
-        let builder = Server::builder();
+        // Every request gets a span, the child of the caller's when it sent a trace context.
+        let builder = Server::builder().trace_fn(crate::trace::server_span);
         match &self.mtls {
             None => Ok(builder),
             Some(m) => builder

@@ -41,4 +41,5 @@ mod login_page;
 mod metrics;
 mod scale_out;
 mod standard_services;
+mod tracing;
 mod validator;

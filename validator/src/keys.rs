@@ -103,13 +103,13 @@ pub trait JwksSource: Send + Sync + std::fmt::Debug + 'static {
 /// The issuer's `GetJwks` over a (lazily connecting, reconnecting) gRPC channel.
 #[derive(Debug, Clone)]
 pub struct GrpcJwks {
-    client: IssuerClient<Channel>,
+    client: IssuerClient<trias_runtime::trace::Traced>,
 }
 
 impl GrpcJwks {
     pub fn new(channel: Channel) -> Self {
         GrpcJwks {
-            client: IssuerClient::new(channel),
+            client: IssuerClient::new(trias_runtime::trace::traced(channel)),
         }
     }
 }

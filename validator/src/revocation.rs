@@ -90,7 +90,7 @@ pub async fn follow(
     stop: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(stop);
-    let mut client = IssuerClient::new(channel);
+    let mut client = IssuerClient::new(trias_runtime::trace::traced(channel));
     let mut backoff = Duration::from_millis(50);
     let mut prune = tokio::time::interval(PRUNE_EVERY);
     loop {

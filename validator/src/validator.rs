@@ -222,7 +222,23 @@ impl Validator {
         found
     }
 
-    /// Decides a check and records it in the audit outbox before answering.
+    /// Decides a check and records it in the audit outbox before answering. Its span (never
+    /// with the token) is the parent of the auditor's span that logs the decision.
+    #[tracing::instrument(
+        name = "check",
+        skip_all,
+        fields(
+            audience = %input.audience,
+            action = input.action.as_deref().unwrap_or(""),
+            resource = %input.resource,
+            caller = input.caller.as_deref().unwrap_or(""),
+            via = input.via,
+            decision = tracing::field::Empty,
+            reason = tracing::field::Empty,
+            client_id = tracing::field::Empty,
+            token_id = tracing::field::Empty,
+        )
+    )]
     pub async fn check(&self, input: &CheckInput) -> Result<Verdict, Error> {
         self.validate_input(input)?;
         let verdict = self.decide(input).await?;
@@ -423,6 +439,13 @@ impl Validator {
         }
         let reason = check::reason_name(verdict.reason);
         let decision = if verdict.allowed { "allow" } else { "deny" };
+        let span = tracing::Span::current();
+        span.record("decision", decision);
+        span.record("reason", reason.as_str());
+        if let Some(claims) = &verdict.claims {
+            span.record("client_id", claims.client_id.as_str());
+            span.record("token_id", claims.jti.as_str());
+        }
         draft = if verdict.allowed {
             draft.allow()
         } else {
