@@ -30,6 +30,7 @@ pub fn router(issuer: Issuer) -> Router {
         .route("/.well-known/jwks.json", get(jwks))
         .merge(crate::login::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(trias_runtime::trace::http_span))
         .with_state(issuer)
 }
 

@@ -95,6 +95,36 @@ pub fn server_span(request: &http::Request<()>) -> tracing::Span {
     span
 }
 
+/// Axum middleware: the span of one HTTP request — method, path (never the query or the
+/// body) and status — the child of the caller's span when the request carries a trace
+/// context.
+pub async fn http_span(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use tracing::Instrument as _;
+
+    let path: String = request.uri().path().chars().take(256).collect();
+    let method = request.method().clone();
+    let span = tracing::info_span!(
+        "http",
+        otel.name = %format_args!("{method} {path}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        url.path = %path,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&HeaderExtractor(request.headers()))
+    });
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
+}
+
 /// The W3C trace id (32 hex digits) and span id (16) of the current span, if it is traced.
 pub fn current_ids() -> Option<(String, String)> {
     let context = tracing::Span::current().context();

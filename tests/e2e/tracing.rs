@@ -232,6 +232,20 @@ async fn a_check_and_the_logging_of_its_event_are_one_trace() {
         issued.attribute("grant_type").as_deref(),
         Some("client_credentials")
     );
+    assert_eq!(issued.attribute("decision").as_deref(), Some("allow"));
+    let http = receiver
+        .wait_for("issuer HTTP request span", |spans| {
+            spans
+                .iter()
+                .find(|r| r.span.span_id == issued.span.parent_span_id)
+                .cloned()
+        })
+        .await;
+    assert_eq!(http.span.name, "POST /oauth2/token");
+    assert_eq!(
+        http.attribute("http.response.status_code").as_deref(),
+        Some("200")
+    );
     receiver
         .wait_for("auditor span for the issuance's event", |spans| {
             spans

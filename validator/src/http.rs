@@ -24,6 +24,7 @@ pub fn router(validator: Validator) -> Router {
     Router::new()
         .route("/oauth2/introspect", post(introspect))
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(trias_runtime::trace::http_span))
         .with_state(validator)
 }
 
