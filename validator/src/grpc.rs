@@ -143,7 +143,9 @@ impl ValidatorApi for ValidatorService {
         let mut tasks = tokio::task::JoinSet::new();
         for (index, input) in inputs.into_iter().enumerate() {
             let validator = self.validator.clone();
-            tasks.spawn(async move { (index, validator.check(&input).await) });
+            // Each check's span stays a child of the batch request's.
+            let check = async move { (index, validator.check(&input).await) };
+            tasks.spawn(tracing::Instrument::in_current_span(check));
         }
         let mut decisions = vec![pb::CheckDecision::default(); tasks.len()];
         while let Some(joined) = tasks.join_next().await {
