@@ -1,7 +1,8 @@
 //! OpenTelemetry traces from `trias up` with `OTEL_EXPORTER_OTLP_ENDPOINT` set: each service
 //! (a process of its own, as a process has one global tracer) exports its spans over
-//! OTLP/gRPC to a receiver in this test, and one check and the auditor's logging of its audit
-//! event — shipped later, in a batch — are one trace.
+//! OTLP/gRPC to a receiver in this test — at the latest when it stops on SIGTERM — and one
+//! check and the auditor's logging of its audit event (shipped later, in a batch) are one
+//! trace.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
@@ -121,13 +122,14 @@ impl Receiver {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_check_and_the_logging_of_its_event_are_one_trace() {
+async fn a_check_and_the_logging_of_its_event_are_one_trace_flushed_at_shutdown() {
     let receiver = Receiver::default();
     let endpoint = receiver.start().await;
     let mut stack = Stack::up(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-        // Export every 200 ms rather than every 5 s, so the test waits less.
-        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        // No export on the schedule: the spans reach the receiver only through the flush
+        // each service makes when it stops on SIGTERM.
+        ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
     ])
     .await;
 
@@ -168,6 +170,30 @@ async fn a_check_and_the_logging_of_its_event_are_one_trace() {
         .unwrap()
         .into_inner();
     assert!(decision.allowed, "{decision:?}");
+
+    // Once the auditor has logged the check (its metrics say so), stop the stack: every
+    // span below arrives through the shutdown flush.
+    let auditor_metrics = format!("127.0.0.1:{}", stack.base_port + 23)
+        .parse()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = trias_tests::scrape(auditor_metrics).await;
+        let appended = [("producer", "validator")];
+        if metrics.value("trias_audit_events_appended_total", &appended) >= 1.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the check's event was not logged within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        receiver.spans().is_empty(),
+        "spans exported before shutdown"
+    );
+    stack.stop().await;
 
     // The validator's span for the check, in the gRPC request's span.
     let check = receiver
@@ -259,7 +285,6 @@ async fn a_check_and_the_logging_of_its_event_are_one_trace() {
         })
         .await;
 
-    stack.stop().await;
     // No bearer value is ever a span attribute.
     let everything = format!("{:?}", receiver.spans());
     assert!(!everything.contains(&token), "a token leaked into a span");
