@@ -30,6 +30,7 @@ pub struct AdminArgs {
         long,
         env = "TRIAS_ADMIN_TOKEN",
         hide_env_values = true,
+        allow_hyphen_values = true,
         value_name = "TOKEN"
     )]
     pub token: String,

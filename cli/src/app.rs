@@ -209,3 +209,25 @@ mod tests {
         super::Cli::command().debug_assert();
     }
 }
+
+#[cfg(test)]
+mod parsing {
+    use clap::Parser;
+
+    /// Tokens and secrets are base64url and may start with `-`: still values, not flags.
+    #[test]
+    fn secret_values_may_start_with_a_hyphen() {
+        for args in [
+            &["trias", "token", "--client-id", "c", "--refresh-token", "-Opzv"][..],
+            &["trias", "token", "--client-id", "c", "--client-secret", "-abc"][..],
+            &["trias", "revoke", "--client-id", "c", "--token", "-abc"][..],
+            &["trias", "check", "--as", "p", "--action", "a", "--token", "-abc"][..],
+            &["trias", "audit", "query", "--token", "-abc"][..],
+            &["trias", "admin", "--token", "-abc", "users", "list"][..],
+        ] {
+            if let Err(e) = super::Cli::try_parse_from(args) {
+                panic!("{args:?}: {e}");
+            }
+        }
+    }
+}

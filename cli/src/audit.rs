@@ -113,7 +113,8 @@ pub struct VerifyArgs {
         long,
         env = "TRIAS_AUDIT_TOKEN",
         value_name = "TOKEN",
-        hide_env_values = true
+        hide_env_values = true,
+        allow_hyphen_values = true
     )]
     pub token: Option<String>,
 }

@@ -27,6 +27,7 @@ pub struct QueryArgs {
         long,
         env = "TRIAS_AUDIT_TOKEN",
         hide_env_values = true,
+        allow_hyphen_values = true,
         value_name = "TOKEN"
     )]
     pub token: String,
@@ -90,6 +91,7 @@ pub struct WatchArgs {
         long,
         env = "TRIAS_AUDIT_TOKEN",
         hide_env_values = true,
+        allow_hyphen_values = true,
         value_name = "TOKEN"
     )]
     pub token: String,

@@ -27,6 +27,7 @@ pub struct TokenArgs {
         long,
         env = "TRIAS_CLIENT_SECRET",
         hide_env_values = true,
+        allow_hyphen_values = true,
         value_name = "SECRET"
     )]
     pub client_secret: Option<String>,
@@ -65,7 +66,12 @@ pub struct TokenArgs {
     #[arg(long, env = "TRIAS_REDIRECT_URI", value_name = "URI")]
     pub redirect_uri: Option<String>,
     /// Exchange this refresh token (it is spent: use the new one printed with `--json`).
-    #[arg(long, hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        hide_env_values = true,
+        allow_hyphen_values = true,
+        value_name = "TOKEN"
+    )]
     pub refresh_token: Option<String>,
     /// Print the whole response as JSON (with the refresh token, expiry, scope, audience).
     #[arg(long)]
@@ -78,7 +84,12 @@ pub struct RevokeArgs {
     #[command(flatten)]
     pub services: Services,
     /// The access or refresh token to revoke (RFC 7009).
-    #[arg(long, hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        hide_env_values = true,
+        allow_hyphen_values = true,
+        value_name = "TOKEN"
+    )]
     pub token: String,
     /// The client the token was issued to.
     #[arg(long, env = "TRIAS_CLIENT_ID", value_name = "ID")]
@@ -88,6 +99,7 @@ pub struct RevokeArgs {
         long,
         env = "TRIAS_CLIENT_SECRET",
         hide_env_values = true,
+        allow_hyphen_values = true,
         value_name = "SECRET"
     )]
     pub client_secret: Option<String>,
@@ -103,6 +115,7 @@ pub struct CheckArgs {
         long,
         env = "TRIAS_TOKEN",
         hide_env_values = true,
+        allow_hyphen_values = true,
         value_name = "TOKEN"
     )]
     pub token: String,

@@ -31,6 +31,7 @@ fn the_compose_configurations_load() {
     assert!(issuer.database_url().starts_with("postgres://"));
     assert_eq!(issuer.issuer_url(), "http://localhost:7402");
     assert!(issuer.tls.is_some() && !issuer.dev_plaintext);
+    assert_eq!(issuer.metrics_addr.map(|a| a.port()), Some(7403));
 
     let validator = trias_validator::ValidatorConfig::load(
         Some(&deploy("validator.toml")),
@@ -40,6 +41,7 @@ fn the_compose_configurations_load() {
     // The validator accepts exactly the issuer's `iss`.
     assert_eq!(validator.issuer, issuer.issuer_url());
     assert!(validator.tls.is_some());
+    assert_eq!(validator.metrics_addr.map(|a| a.port()), Some(7413));
 
     let auditor = trias_auditor::AuditorConfig::load(
         Some(&deploy("auditor.toml")),
@@ -47,4 +49,5 @@ fn the_compose_configurations_load() {
     )
     .unwrap();
     assert!(auditor.tls.is_some());
+    assert_eq!(auditor.metrics_addr.map(|a| a.port()), Some(7423));
 }
