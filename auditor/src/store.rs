@@ -233,8 +233,8 @@ enum Value {
     Blob(Vec<u8>),
 }
 
-/// Entries per multi-row INSERT (16 values each); see [`Store::append`] for why few.
-const ROWS_PER_INSERT: usize = 16;
+/// Entries per multi-row INSERT (16 values each: 1,024 parameters).
+const ROWS_PER_INSERT: usize = 64;
 /// Ids per `IN (…)` lookup, for the same reason.
 const IDS_PER_LOOKUP: usize = 128;
 
@@ -265,8 +265,16 @@ impl Sql {
         self
     }
 
-    fn build(self) -> Query<'static, Any, AnyArguments> {
-        let mut query = sqlx::query(AssertSqlSafe(self.text));
+    /// The query for `backend`. SQLite gets `?1, ?2, …`: it binds those by number, while it
+    /// finds each `$n` by a linear search of the statement's parameter names, which made
+    /// binding cost grow with the square of a statement's parameters.
+    fn build(self, backend: Backend) -> Query<'static, Any, AnyArguments> {
+        let text = match backend {
+            // Only placeholders carry a `$`: the statements hold no string literals.
+            Backend::Sqlite => self.text.replace('$', "?"),
+            Backend::Postgres => self.text,
+        };
+        let mut query = sqlx::query(AssertSqlSafe(text));
         for value in self.values {
             query = match value {
                 Value::Int(n) => query.bind(n),
@@ -358,6 +366,15 @@ impl Store {
                     sqlx::query("PRAGMA wal_autocheckpoint = 0")
                         .execute(&mut *conn)
                         .await?;
+                    // Pages come from a memory map of the file (shared with the OS cache, no
+                    // copy per read) and a larger page cache: at millions of entries an
+                    // append's index updates otherwise read each page with a system call.
+                    sqlx::query("PRAGMA mmap_size = 1073741824")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA cache_size = -16384")
+                        .execute(&mut *conn)
+                        .await?;
                     Ok(())
                 })
             })
@@ -420,9 +437,8 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         // Multi-row statements: a round trip per row would cost more than the row itself.
-        // They stay small, though: SQLite finds each `$n` parameter by a linear search of the
-        // statement's parameter names, so binding costs grow with the square of the
-        // parameters per statement (200 rows of 16 values spent most of an append there).
+        // (On SQLite they are built with numbered `?n` parameters, see `Sql::build`: with
+        // `$n` names, 200 rows of 16 values spent most of an append binding them.)
         for chunk in batch.entries.chunks(ROWS_PER_INSERT) {
             let mut sql = Sql::new(
                 "INSERT INTO entries (idx, event_id, producer, producer_seq, time, kind, subject, \
@@ -456,7 +472,7 @@ impl Store {
                 }
                 sql.push(")");
             }
-            sql.build().execute(&mut *tx).await?;
+            sql.build(self.backend).execute(&mut *tx).await?;
         }
         for chunk in batch.nodes.chunks(4 * ROWS_PER_INSERT) {
             let mut sql = Sql::new("INSERT INTO nodes (level, idx, hash) VALUES ");
@@ -469,7 +485,7 @@ impl Store {
                     .bind(Value::Blob(hash.to_vec()))
                     .push(")");
             }
-            sql.build().execute(&mut *tx).await?;
+            sql.build(self.backend).execute(&mut *tx).await?;
         }
         for (name, seq) in &batch.producers {
             sqlx::query(
@@ -536,7 +552,7 @@ impl Store {
                     .push(")");
             }
             let rows: Vec<(i64, i64, Vec<u8>)> = sql
-                .build()
+                .build(self.backend)
                 .try_map(|row: sqlx::any::AnyRow| {
                     use sqlx::Row as _;
                     Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
@@ -565,7 +581,7 @@ impl Store {
             }
             sql.push(")");
             let rows: Vec<(String, i64, Vec<u8>)> = sql
-                .build()
+                .build(self.backend)
                 .try_map(|row: sqlx::any::AnyRow| {
                     use sqlx::Row as _;
                     Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
@@ -627,7 +643,7 @@ impl Store {
         sql.push(direction).bind(Value::Int(i64::from(limit)));
         sql.push(outer);
         let rows: Vec<(i64, Vec<u8>)> = sql
-            .build()
+            .build(self.backend)
             .try_map(|row: sqlx::any::AnyRow| {
                 use sqlx::Row as _;
                 Ok((row.try_get(0)?, row.try_get(1)?))
@@ -677,7 +693,7 @@ impl Store {
         sql.push(direction).bind(Value::Int(i64::from(limit)));
         sql.push(outer);
         let rows: Vec<(i64, Vec<u8>, i64)> = sql
-            .build()
+            .build(self.backend)
             .try_map(|row: sqlx::any::AnyRow| {
                 use sqlx::Row as _;
                 Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
@@ -736,7 +752,7 @@ impl Store {
             }
             sql.push(")");
             let rows: Vec<(String, i64, String)> = sql
-                .build()
+                .build(self.backend)
                 .try_map(|row: sqlx::any::AnyRow| {
                     use sqlx::Row as _;
                     Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))

@@ -218,10 +218,26 @@ mod parsing {
     #[test]
     fn secret_values_may_start_with_a_hyphen() {
         for args in [
-            &["trias", "token", "--client-id", "c", "--refresh-token", "-Opzv"][..],
-            &["trias", "token", "--client-id", "c", "--client-secret", "-abc"][..],
+            &[
+                "trias",
+                "token",
+                "--client-id",
+                "c",
+                "--refresh-token",
+                "-Opzv",
+            ][..],
+            &[
+                "trias",
+                "token",
+                "--client-id",
+                "c",
+                "--client-secret",
+                "-abc",
+            ][..],
             &["trias", "revoke", "--client-id", "c", "--token", "-abc"][..],
-            &["trias", "check", "--as", "p", "--action", "a", "--token", "-abc"][..],
+            &[
+                "trias", "check", "--as", "p", "--action", "a", "--token", "-abc",
+            ][..],
             &["trias", "audit", "query", "--token", "-abc"][..],
             &["trias", "admin", "--token", "-abc", "users", "list"][..],
         ] {
