@@ -158,6 +158,65 @@ async fn the_readme_tour_runs_on_trias_up() {
         "{}",
         stdout(&denied)
     );
+    // A revoked token is denied within a second.
+    let doomed = expect(
+        &stack,
+        &[
+            "token",
+            "--client-id",
+            &client,
+            "--client-secret",
+            &secret,
+            "--scope",
+            "payments:create",
+        ],
+        "",
+        0,
+    )
+    .await;
+    expect(
+        &stack,
+        &[
+            "revoke",
+            "--client-id",
+            &client,
+            "--client-secret",
+            &secret,
+            "--token",
+            &doomed,
+        ],
+        "",
+        0,
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let check = stack
+            .cli(
+                &[
+                    "check",
+                    "--as",
+                    "payments",
+                    "--token",
+                    &doomed,
+                    "--action",
+                    "payment.create",
+                    "--resource",
+                    "payment/2",
+                ],
+                "",
+            )
+            .await;
+        if stdout(&check).contains("revoked") {
+            assert_eq!(check.status.code(), Some(1));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not revoked within 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Static separation of duties at minting: exit code 1 with the OAuth error.
     let refused = stack
         .cli(
@@ -293,6 +352,63 @@ async fn the_readme_tour_runs_on_trias_up() {
             .any(|l| l.contains("alice") && l.contains("approver") && !l.contains("clerk")),
         "{users}"
     );
+    // Clients and keys: a registered client's secret is shown once and the client listed;
+    // a rotated key is listed beside the first.
+    let registered = expect(
+        &stack,
+        &[
+            "admin",
+            "--token",
+            &admin1,
+            "clients",
+            "register",
+            "--name",
+            "reports service",
+            "--grant",
+            "client-credentials",
+            "--scope",
+            "payments:read",
+        ],
+        "",
+        0,
+    )
+    .await;
+    let new_client = registered
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap();
+    assert!(registered.contains("client_secret"), "{registered}");
+    let clients = expect(
+        &stack,
+        &["admin", "--token", &admin1, "clients", "list"],
+        "",
+        0,
+    )
+    .await;
+    assert!(
+        clients.contains(new_client) && clients.contains("reports service"),
+        "{clients}"
+    );
+    let rotated = expect(
+        &stack,
+        &["admin", "--token", &admin1, "keys", "rotate"],
+        "",
+        0,
+    )
+    .await;
+    assert!(rotated.starts_with("new key "), "{rotated}");
+    let keys = expect(
+        &stack,
+        &["admin", "--token", &admin1, "keys", "list"],
+        "",
+        0,
+    )
+    .await;
+    assert_eq!(keys.lines().count(), 2, "{keys}");
+
     // Without the admin token's second factor the admin API refuses: a payments token.
     let not_admin = stack
         .cli(&["admin", "--token", alice_token, "users", "list"], "")
