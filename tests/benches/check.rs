@@ -34,7 +34,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::runtime::Handle;
 use tonic::transport::Channel;
 use trias_issuer::keys::AccessClaims;
 use trias_proto::v1::validator_client::ValidatorClient;
@@ -143,7 +142,7 @@ async fn check_once(client: &mut ValidatorClient<Channel>, pool: &Pool) -> Resul
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Worker {
     client: ValidatorClient<Channel>,
     pool: Arc<Pool>,
@@ -233,57 +232,6 @@ async fn clients(addr: std::net::SocketAddr, settings: &Settings) -> Vec<Validat
     .collect()
 }
 
-/// Open loop at `rate` checks a second: requests start on schedule whether or not earlier ones
-/// have finished, and each latency runs from the scheduled start.
-async fn open_loop(
-    runtime: &Handle,
-    clients: Vec<ValidatorClient<Channel>>,
-    pool: Arc<Pool>,
-    rate: f64,
-    settings: &Settings,
-) -> WorkerResult {
-    let window = bench::Window::after(settings.warmup, settings.measure);
-    let start = Instant::now();
-    let (tx, mut rx) =
-        tokio::sync::mpsc::unbounded_channel::<(Instant, Instant, Result<(), String>)>();
-    let collector = tokio::spawn(async move {
-        let mut result = WorkerResult::default();
-        while let Some((scheduled, finished, outcome)) = rx.recv().await {
-            match outcome {
-                Ok(()) if scheduled >= window.measure_from && scheduled < window.end => result
-                    .latencies_us
-                    .saturating_record(bench::micros(finished - scheduled)),
-                Ok(()) => {}
-                Err(error) => result.error(error),
-            }
-        }
-        result
-    });
-    let mut sent = 0u64;
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tick.tick().await;
-        let now = Instant::now();
-        if now >= window.end {
-            break;
-        }
-        let due = ((now - start).as_secs_f64() * rate) as u64;
-        while sent < due {
-            let scheduled = start + Duration::from_secs_f64(sent as f64 / rate);
-            let mut client = clients[(sent % clients.len() as u64) as usize].clone();
-            let (pool, tx) = (pool.clone(), tx.clone());
-            runtime.spawn(async move {
-                let outcome = check_once(&mut client, &pool).await;
-                let _ = tx.send((scheduled, Instant::now(), outcome));
-            });
-            sent += 1;
-        }
-    }
-    drop(tx);
-    collector.await.unwrap()
-}
-
 /// One scenario's figures.
 #[derive(Debug)]
 struct Report {
@@ -296,7 +244,7 @@ struct Report {
 }
 
 impl Report {
-    fn from_closed(name: &'static str, description: String, m: Measured, pool: &Pool) -> Report {
+    fn measured(name: &'static str, description: String, m: Measured, pool: &Pool) -> Report {
         Report {
             name,
             description,
@@ -430,7 +378,7 @@ fn main() {
                             "1,000 tokens reused (cache hits)"
                         }
                     );
-                    Report::from_closed(name, description, m, &pool)
+                    Report::measured(name, description, m, &pool)
                 }
                 _ => {
                     let base_name = name.trim_end_matches("-70");
@@ -440,18 +388,26 @@ fn main() {
                         .map(|r| r.per_sec)
                         .expect("an open-loop scenario runs after its closed-loop one");
                     let rate = 0.7 * max;
-                    let result =
-                        open_loop(client.handle(), clients, pool.clone(), rate, &settings).await;
-                    Report {
-                        name,
-                        description: format!(
-                            "open loop at {rate:.0}/s, 70% of the {base_name} maximum"
-                        ),
-                        per_sec: result.latencies_us.len() as f64 / settings.measure.as_secs_f64(),
-                        result,
-                        cpu: None,
-                        repeats: pool.repeats(),
-                    }
+                    let workers = clients
+                        .into_iter()
+                        .map(|client| Worker {
+                            client,
+                            pool: pool.clone(),
+                        })
+                        .collect();
+                    let m = bench::open_loop(
+                        client.handle(),
+                        workers,
+                        rate,
+                        settings.warmup,
+                        settings.measure,
+                        &outbox,
+                        GROUPS,
+                    )
+                    .await;
+                    let description =
+                        format!("open loop at {rate:.0}/s, 70% of the {base_name} maximum");
+                    Report::measured(name, description, m, &pool)
                 }
             }
         });

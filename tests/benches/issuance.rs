@@ -12,9 +12,10 @@
 //! - `TRIAS_BENCH_WARMUP` (2): warm-up seconds before each measurement;
 //! - `TRIAS_BENCH_CONCURRENCY` (64): requests in flight;
 //! - `TRIAS_BENCH_CHANNELS` (4): HTTP/2 connections the gRPC clients share;
-//! - `TRIAS_BENCH_SCENARIOS` (all): which of `grpc`, `http`, `refresh` and the diagnostics
-//!   `inprocess`, `reads`, `no-reads`, `outbox` to run,
-//!   comma-separated;
+//! - `TRIAS_BENCH_SCENARIOS` (all): which of `grpc`, `http`, `refresh`, the open loops
+//!   `grpc-70` and `http-70` (70% of the closed loop's rate, latency from each request's
+//!   scheduled start; each after its closed loop) and the diagnostics `inprocess`, `reads`,
+//!   `no-reads`, `outbox` to run, comma-separated;
 //! - `TRIAS_BENCH_STAGES` (1): `0` skips the one-at-a-time stage timings;
 //! - `TRIAS_BENCH_SERVER_THREADS` / `TRIAS_BENCH_CLIENT_THREADS` (2 / 2): runtime workers;
 //! - `TRIAS_BENCH_OUTPUT` (`<workspace>/target/bench-issuance.json`): the JSON report.
@@ -64,7 +65,9 @@ const GROUPS: &ThreadGroups = &[
 /// Every scenario, in the order they run by default.
 const SCENARIOS: &[&str] = &[
     "grpc",
+    "grpc-70",
     "http",
+    "http-70",
     "refresh",
     "inprocess",
     "reads",
@@ -134,7 +137,9 @@ impl Fixture {
     }
 }
 
-/// One closed-loop client: sends a request, waits for the answer, sends the next.
+/// One closed-loop client: sends a request, waits for the answer, sends the next. (In the
+/// open loop, each scheduled request runs on a clone.)
+#[derive(Clone)]
 enum Worker {
     Grpc {
         client: IssuerClient<Channel>,
@@ -427,8 +432,10 @@ async fn grpc_clients(addr: SocketAddr, settings: &Settings) -> Vec<IssuerClient
     .collect()
 }
 
+#[allow(clippy::too_many_arguments, reason = "a scenario needs all of them")]
 async fn run_scenario(
     name: &str,
+    rate: Option<f64>,
     handle: &IssuerHandle,
     targets: Targets,
     fixture: &Fixture,
@@ -438,6 +445,45 @@ async fn run_scenario(
 ) -> Report {
     let c = settings.concurrency;
     let outbox = handle.issuer.outbox();
+    if let (Some(rate), Some(base)) = (rate, name.strip_suffix("-70")) {
+        let workers = match base {
+            "grpc" => grpc_clients(targets.grpc, settings)
+                .await
+                .into_iter()
+                .map(|client| Worker::Grpc {
+                    client,
+                    request: fixture.cc_grpc_request(),
+                })
+                .collect(),
+            _ => {
+                let http = reqwest::Client::builder()
+                    .tcp_nodelay(true)
+                    .pool_max_idle_per_host(c)
+                    .build()
+                    .unwrap();
+                vec![Worker::Http {
+                    client: http,
+                    url: format!("http://{}/oauth2/token", targets.http),
+                    form: fixture.cc_form(),
+                }]
+            }
+        };
+        let measured = bench::open_loop(
+            client,
+            workers,
+            rate,
+            settings.warmup,
+            settings.measure,
+            outbox,
+            GROUPS,
+        )
+        .await;
+        return Report {
+            name: name.to_owned(),
+            description: format!("open loop at {rate:.0}/s, 70% of the {base} maximum"),
+            measured,
+        };
+    }
     match name {
         "grpc" => {
             let workers = grpc_clients(targets.grpc, settings)
@@ -778,8 +824,19 @@ fn main() {
     };
     let mut reports = Vec::new();
     for name in &settings.scenarios {
+        // An open-loop scenario sends at 70% of what its closed loop reached.
+        let rate = name.strip_suffix("-70").map(|base| {
+            0.7 * reports
+                .iter()
+                .find(|r: &&Report| r.name == base)
+                .map(Report::tokens_per_sec)
+                .unwrap_or_else(|| {
+                    panic!("{name} runs after {base}: list both in TRIAS_BENCH_SCENARIOS")
+                })
+        });
         let report = client.block_on(run_scenario(
             name,
+            rate,
             &handle,
             targets,
             &fixture,

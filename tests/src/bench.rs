@@ -286,6 +286,75 @@ pub async fn closed_loop<W: Call>(
     }
 }
 
+/// The open loop: requests start at `rate` a second on schedule, whether or not earlier ones
+/// have finished, each on a clone of the next worker; a latency runs from the scheduled start,
+/// so a stall delays every request behind it in the figures too (no coordinated omission).
+/// CPU time and the outbox's commits are read at the edges of the measured window.
+pub async fn open_loop<W: Call + Clone>(
+    runtime: &Handle,
+    workers: Vec<W>,
+    rate: f64,
+    warmup: Duration,
+    measure: Duration,
+    outbox: &Outbox,
+    groups: &ThreadGroups,
+) -> Measured {
+    let window = Window::after(warmup, measure);
+    let start = Instant::now();
+    let (tx, mut rx) =
+        tokio::sync::mpsc::unbounded_channel::<(Instant, Instant, Result<(), String>)>();
+    let collector = runtime.spawn(async move {
+        let mut result = WorkerResult::default();
+        while let Some((scheduled, finished, outcome)) = rx.recv().await {
+            match outcome {
+                Ok(()) if scheduled >= window.measure_from && scheduled < window.end => result
+                    .latencies_us
+                    .saturating_record(micros(finished - scheduled)),
+                Ok(()) => {}
+                Err(error) => result.error(error),
+            }
+        }
+        result
+    });
+    let mut probes = (None, None);
+    let mut sent = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        if probes.0.is_none() && now >= window.measure_from {
+            probes.0 = Some((outbox.commits(), CpuProbe::read()));
+        }
+        if now >= window.end {
+            probes.1 = Some((outbox.commits(), CpuProbe::read()));
+            break;
+        }
+        let due = ((now - start).as_secs_f64() * rate) as u64;
+        while sent < due {
+            let scheduled = start + Duration::from_secs_f64(sent as f64 / rate);
+            let mut worker = workers[(sent % workers.len() as u64) as usize].clone();
+            let tx = tx.clone();
+            runtime.spawn(async move {
+                let outcome = worker.call().await;
+                let _ = tx.send((scheduled, Instant::now(), outcome));
+            });
+            sent += 1;
+        }
+    }
+    drop(tx);
+    let result = collector.await.unwrap();
+    let (Some((commits_before, before)), Some((commits_after, after))) = probes else {
+        unreachable!("the loop reads both probes before it ends")
+    };
+    Measured {
+        result,
+        cpu: after.split_since(&before, groups),
+        commits: commits_after - commits_before,
+        seconds: window.measured().as_secs_f64(),
+    }
+}
+
 // ----- CPU time by thread group -----
 
 /// How threads are grouped in a report: the first `(name prefix, group)` whose prefix starts
