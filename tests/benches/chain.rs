@@ -9,7 +9,7 @@
 //!
 //! Run with `cargo bench -p trias-tests --bench chain`. Environment overrides (all optional):
 //! `TRIAS_BENCH_SECONDS` (10), `TRIAS_BENCH_WARMUP` (2), `TRIAS_BENCH_CONCURRENCY` (32),
-//! `TRIAS_BENCH_CHANNELS` (4), `TRIAS_BENCH_CHAIN_SAMPLE` (50), `TRIAS_BENCH_OUTPUT`
+//! `TRIAS_BENCH_CHANNELS` (4), `TRIAS_BENCH_CHAIN_SAMPLE` (200), `TRIAS_BENCH_OUTPUT`
 //! (`<workspace>/target/bench-chain.json`).
 
 #![allow(
@@ -93,7 +93,7 @@ fn main() {
     let warmup = Duration::from_secs_f64(env_or("TRIAS_BENCH_WARMUP", 2.0));
     let concurrency = env_or("TRIAS_BENCH_CONCURRENCY", 32usize).max(1);
     let connections = env_or("TRIAS_BENCH_CHANNELS", 4usize).max(1);
-    let sample_every = env_or("TRIAS_BENCH_CHAIN_SAMPLE", 50u64).max(1);
+    let sample_every = env_or("TRIAS_BENCH_CHAIN_SAMPLE", 200u64).max(1);
     let output = std::env::var_os("TRIAS_BENCH_OUTPUT")
         .map_or_else(|| bench::report_path("bench-chain.json"), Into::into);
     let server = bench::runtime("service-rt", 2);
@@ -189,7 +189,9 @@ fn main() {
                     {
                         return;
                     }
-                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    // Each look is a query per waiting chain: not so often that the
+                    // follower becomes the load.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             })
         };
