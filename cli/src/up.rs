@@ -103,6 +103,10 @@ pub async fn serve(service: &str, config_path: &Path) -> Result<(), Error> {
 
 /// Starts the local stack and waits for Ctrl-C.
 pub async fn up(data_dir: &Path, ports: Ports) -> Result<(), Error> {
+    // Ctrl-C and SIGTERM are caught from the start: one that arrives while the services are
+    // still starting is kept until they are up, and then stops them, instead of killing this
+    // process and leaving them running.
+    let mut stop_signals = StopSignals::install()?;
     let (issuer_grpc, issuer_http) = (ports.issuer_grpc(), ports.issuer_http());
     let (validator_grpc, validator_http) = (ports.validator_grpc(), ports.validator_http());
     let auditor_grpc = ports.auditor_grpc();
@@ -261,7 +265,7 @@ pub async fn up(data_dir: &Path, ports: Ports) -> Result<(), Error> {
     let _ = stack;
 
     let exited = tokio::select! {
-        () = trias_issuer::shutdown_signal() => None,
+        () = stop_signals.received() => None,
         status = issuer.wait() => Some(("issuer", status?)),
         status = validator.wait() => Some(("validator", status?)),
         status = auditor.wait() => Some(("auditor", status?)),
@@ -275,6 +279,41 @@ pub async fn up(data_dir: &Path, ports: Ports) -> Result<(), Error> {
     }
     println!("stopped");
     Ok(())
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM, registered when created: a signal that comes before
+/// [`StopSignals::received`] is polled is not lost.
+struct StopSignals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> Result<StopSignals, Error> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(StopSignals {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(StopSignals {})
+    }
+
+    /// Completes when either signal has come (also before this was first polled).
+    async fn received(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Makes a producer's configuration ship its audit outbox to the local auditor, unless it

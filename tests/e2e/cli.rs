@@ -734,3 +734,58 @@ async fn trias_token_signs_in_through_the_login_page_in_a_browser() {
     assert_eq!(claims["scope"], "payments:create");
     assert!(stack.stop().await.status.success());
 }
+
+/// SIGTERM while `trias up` is still starting its services: the signal is not lost and
+/// does not kill `trias up` alone — every service it started is stopped, none left running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_start_up_leaves_no_service_running() {
+    use trias_tests::stack::{cli_binary, free_base_port, terminate};
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port();
+    let mut up = tokio::process::Command::new(cli_binary())
+        .args(["up", "--data-dir"])
+        .arg(dir.path().join("trias"))
+        .args(["--base-port", &base.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The auditor starts first: once it listens, the issuer and validator are on their way.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::net::TcpStream::connect(("127.0.0.1", base + 21))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the auditor never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    terminate(&up).await;
+    // Every service holds `trias up`'s stdout: it ends only when all of them have exited.
+    let mut out = String::new();
+    let ended = tokio::time::timeout(Duration::from_secs(40), async {
+        use tokio::io::AsyncReadExt;
+        up.stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .await
+            .unwrap();
+        up.wait().await.unwrap()
+    })
+    .await
+    .expect("a service kept running after trias up was stopped during start-up");
+    assert!(ended.success(), "{ended}: {out}");
+    for offset in [1, 2, 11, 12, 21] {
+        assert!(
+            tokio::net::TcpStream::connect(("127.0.0.1", base + offset))
+                .await
+                .is_err(),
+            "port +{offset} still open"
+        );
+    }
+}
