@@ -267,13 +267,14 @@ impl Auditor {
         let page_size = page_size.clamp(1, MAX_PAGE_SIZE);
         let by_time = filter.by_time();
         // One more than asked tells whether there is a next page.
+        let store = &self.inner.store;
         let rows: Vec<(u64, Vec<u8>, i64)> = match (by_time, after) {
             (false, None | Some(Cursor::Index(_))) => {
-                let after = after.map(|c| match c {
-                    Cursor::Index(i) | Cursor::Time { index: i, .. } => i,
-                });
-                self.inner
-                    .store
+                let after = match after {
+                    Some(Cursor::Index(index)) => Some(index),
+                    _ => None,
+                };
+                store
                     .query(filter, order, after, page_size + 1)
                     .await?
                     .into_iter()
@@ -285,8 +286,7 @@ impl Auditor {
                     Some(Cursor::Time { time, index }) => Some((time, index)),
                     _ => None,
                 };
-                self.inner
-                    .store
+                store
                     .query_by_time(filter, order, after, page_size + 1)
                     .await?
             }

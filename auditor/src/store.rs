@@ -618,41 +618,12 @@ impl Store {
         after: Option<u64>,
         limit: u32,
     ) -> Result<Vec<(u64, Vec<u8>)>> {
-        // The page's indexes are chosen from the filter's index alone (every index ends in
-        // `idx`, so it covers the inner query), and only those rows are read: a time range
-        // of many thousand entries then sorts integers, not whole rows.
-        let mut sql = Sql::new(
-            "SELECT idx, leaf FROM entries WHERE idx IN (SELECT idx FROM entries WHERE 1 = 1",
-        );
-        conditions(&mut sql, filter);
-        let (cursor, direction, outer) = match order {
-            Order::NewestFirst => (
-                " AND idx < ",
-                " ORDER BY idx DESC LIMIT ",
-                ") ORDER BY idx DESC",
-            ),
-            Order::OldestFirst => (
-                " AND idx > ",
-                " ORDER BY idx ASC LIMIT ",
-                ") ORDER BY idx ASC",
-            ),
-        };
-        if let Some(after) = after {
-            sql.push(cursor).bind(Value::Int(to_sql(after)));
-        }
-        sql.push(direction).bind(Value::Int(i64::from(limit)));
-        sql.push(outer);
-        let rows: Vec<(i64, Vec<u8>)> = sql
-            .build(self.backend)
-            .try_map(|row: sqlx::any::AnyRow| {
-                use sqlx::Row as _;
-                Ok((row.try_get(0)?, row.try_get(1)?))
-            })
-            .fetch_all(&self.pool)
-            .await?;
-        rows.into_iter()
-            .map(|(i, leaf)| Ok((from_sql(i)?, leaf)))
-            .collect()
+        let after = after.map(|index| vec![to_sql(index)]);
+        let rows = self.page(filter, order, &["idx"], after, limit).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(index, leaf, _)| (index, leaf))
+            .collect())
     }
 
     /// Up to `limit` entries matching `filter` in event-time order (ties by index), strictly
@@ -667,31 +638,51 @@ impl Store {
         after: Option<(i64, u64)>,
         limit: u32,
     ) -> Result<Vec<(u64, Vec<u8>, i64)>> {
+        let after = after.map(|(time, index)| vec![time, to_sql(index)]);
+        self.page(filter, order, &["time", "idx"], after, limit)
+            .await
+    }
+
+    /// One page ordered by `keys` (the last is `idx`), strictly after the cursor `after`
+    /// (one value per key): (index, leaf, time). The page's indexes are chosen from the
+    /// filter's index alone (every index ends in `idx`, so it covers the inner query), and
+    /// only those rows are read: a range of many thousand entries then sorts integers, not
+    /// whole rows.
+    async fn page(
+        &self,
+        filter: &Filter,
+        order: Order,
+        keys: &[&str],
+        after: Option<Vec<i64>>,
+        limit: u32,
+    ) -> Result<Vec<(u64, Vec<u8>, i64)>> {
+        let (compare, direction) = match order {
+            Order::NewestFirst => (" < ", " DESC"),
+            Order::OldestFirst => (" > ", " ASC"),
+        };
+        let tuple = keys.join(", ");
+        let order_by = keys
+            .iter()
+            .map(|key| format!("{key}{direction}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let mut sql = Sql::new(
             "SELECT idx, leaf, time FROM entries WHERE idx IN (SELECT idx FROM entries WHERE 1 = 1",
         );
         conditions(&mut sql, filter);
-        let (cursor, direction, outer) = match order {
-            Order::NewestFirst => (
-                " AND (time, idx) < (",
-                " ORDER BY time DESC, idx DESC LIMIT ",
-                ") ORDER BY time DESC, idx DESC",
-            ),
-            Order::OldestFirst => (
-                " AND (time, idx) > (",
-                " ORDER BY time ASC, idx ASC LIMIT ",
-                ") ORDER BY time ASC, idx ASC",
-            ),
-        };
-        if let Some((time, index)) = after {
-            sql.push(cursor)
-                .bind(Value::Int(time))
-                .push(", ")
-                .bind(Value::Int(to_sql(index)))
-                .push(")");
+        if let Some(values) = after {
+            sql.push(&format!(" AND ({tuple}){compare}("));
+            for (i, value) in values.into_iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.bind(Value::Int(value));
+            }
+            sql.push(")");
         }
-        sql.push(direction).bind(Value::Int(i64::from(limit)));
-        sql.push(outer);
+        sql.push(&format!(" ORDER BY {order_by} LIMIT "))
+            .bind(Value::Int(i64::from(limit)));
+        sql.push(&format!(") ORDER BY {order_by}"));
         let rows: Vec<(i64, Vec<u8>, i64)> = sql
             .build(self.backend)
             .try_map(|row: sqlx::any::AnyRow| {

@@ -11,7 +11,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 use data_encoding::BASE64;
@@ -24,7 +24,6 @@ use trias_auditor::merkle::{Frontier, Hash, empty_root, leaf_hash, verify_consis
 use trias_proto::v1::auditor_client::AuditorClient;
 use trias_proto::v1::{ExportRequest, GetCheckpointRequest, GetConsistencyProofRequest};
 use trias_runtime::access::Bearer;
-use trias_runtime::tls::{TlsError, Transport, identity_of};
 
 /// Exit code: everything checked verified.
 pub const EXIT_VERIFIED: u8 = 0;
@@ -293,35 +292,13 @@ fn rpc_error(what: &str, proving: bool) -> impl Fn(Status) -> AuditError + '_ {
     }
 }
 
-/// The CLI's transport: mTLS as `cli` when `pki` holds its certificate, else plain text.
-pub fn cli_transport(pki: &Path) -> Result<Transport, TlsError> {
-    let files = crate::pki::Pki::new(pki).files("cli");
-    if files.cert.exists() {
-        Transport::load(&files)
-    } else {
-        Ok(Transport::plaintext())
-    }
-}
-
 /// An auditor client that sends the analyst's token, if one was given.
 type Client = AuditorClient<InterceptedService<Channel, Bearer>>;
 
 async fn connect(url: &str, pki: &Path, token: Option<&str>) -> Result<Client, AuditError> {
-    let bearer = Bearer::new(token).map_err(|e| usage(format!("--token: {e}")))?;
-    let transport = cli_transport(pki).map_err(|e| usage(format!("--pki: {e}")))?;
-    let endpoint = transport
-        .endpoint(url, &identity_of("auditor"))
-        .map_err(|e| usage(format!("--auditor {url:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(10));
-    let channel = endpoint
-        .connect()
+    crate::remote::auditor_client(url, pki, token)
         .await
-        .map_err(|e| usage(format!("cannot reach the auditor at {url}: {e}")))?;
-    // Entries are at most 64 KiB each, but a proof or page may carry more than the default.
-    Ok(
-        AuditorClient::with_interceptor(channel, bearer)
-            .max_decoding_message_size(64 * 1024 * 1024),
-    )
+        .map_err(from_cli_error)
 }
 
 async fn verify(args: &VerifyArgs, out: &mut dyn Write) -> Result<(), AuditError> {

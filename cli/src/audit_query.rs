@@ -17,11 +17,9 @@ use trias_runtime::access::Bearer;
 
 use crate::remote::{CliError, Services, usage};
 
-/// `trias audit query`.
-#[derive(Debug, Args)]
-pub struct QueryArgs {
-    #[command(flatten)]
-    pub services: Services,
+/// The security analyst's token that `Query` and `WatchAlerts` need.
+#[derive(Debug, Clone, Args)]
+pub struct AnalystToken {
     /// A security analyst's access token (`audit:read` at audience `auditor`).
     #[arg(
         long,
@@ -31,6 +29,15 @@ pub struct QueryArgs {
         value_name = "TOKEN"
     )]
     pub token: String,
+}
+
+/// `trias audit query`.
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    #[command(flatten)]
+    pub services: Services,
+    #[command(flatten)]
+    pub analyst: AnalystToken,
     /// Events about this user or client (the token's `sub`).
     #[arg(long)]
     pub subject: Option<String>,
@@ -86,15 +93,8 @@ pub struct QueryArgs {
 pub struct WatchArgs {
     #[command(flatten)]
     pub services: Services,
-    /// A security analyst's access token (`audit:read` at audience `auditor`).
-    #[arg(
-        long,
-        env = "TRIAS_AUDIT_TOKEN",
-        hide_env_values = true,
-        allow_hyphen_values = true,
-        value_name = "TOKEN"
-    )]
-    pub token: String,
+    #[command(flatten)]
+    pub analyst: AnalystToken,
     /// First replay the alerts logged after this log index (0: every alert in the log), then
     /// follow new ones as they are raised.
     #[arg(long, default_value_t = 0)]
@@ -114,17 +114,11 @@ pub enum DecisionArg {
     Deny,
 }
 
-type Client = AuditorClient<InterceptedService<Channel, Bearer>>;
-
-async fn connect(services: &Services, token: &str) -> Result<Client, CliError> {
-    let bearer = Bearer::new(Some(token)).map_err(|e| usage(format!("--token: {e}")))?;
-    let channel = services
-        .channel("auditor", &services.auditor, "cli")
-        .await?;
-    Ok(
-        AuditorClient::with_interceptor(channel, bearer)
-            .max_decoding_message_size(64 * 1024 * 1024),
-    )
+async fn connect(
+    services: &Services,
+    token: &str,
+) -> Result<AuditorClient<InterceptedService<Channel, Bearer>>, CliError> {
+    crate::remote::auditor_client(&services.auditor, &services.pki, Some(token)).await
 }
 
 /// Streams the matching events to `out`.
@@ -168,7 +162,7 @@ pub async fn query(args: QueryArgs, out: &mut dyn Write) -> Result<(), CliError>
         page_token: String::new(),
         limit: args.limit,
     };
-    let mut client = connect(&args.services, &args.token).await?;
+    let mut client = connect(&args.services, &args.analyst.token).await?;
     let mut stream = client
         .query(request)
         .await
@@ -206,7 +200,7 @@ pub async fn query(args: QueryArgs, out: &mut dyn Write) -> Result<(), CliError>
 
 /// Prints alerts as the auditor raises them.
 pub async fn watch(args: WatchArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let mut client = connect(&args.services, &args.token).await?;
+    let mut client = connect(&args.services, &args.analyst.token).await?;
     let mut stream = client
         .watch_alerts(WatchAlertsRequest {
             after_index: args.after_index,

@@ -57,7 +57,7 @@ pub async fn sign_in(args: &TokenArgs, redirect_uri: &str) -> Result<(String, St
     let state = BASE64URL_NOPAD.encode(&state);
     let mut params = vec![
         ("response_type", "code"),
-        ("client_id", args.client_id.as_str()),
+        ("client_id", args.client.client_id.as_str()),
         ("redirect_uri", redirect_uri),
         ("state", state.as_str()),
         ("code_challenge", challenge.as_str()),

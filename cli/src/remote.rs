@@ -10,9 +10,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
+use trias_proto::v1::auditor_client::AuditorClient;
+use trias_runtime::access::Bearer;
 use trias_runtime::tls::{Transport, identity_of};
 
 /// Exit code: done, or (for `trias check`) allowed.
@@ -127,24 +130,61 @@ pub struct Services {
 
 impl Services {
     /// A channel to `service` ("issuer", "validator" or "auditor") at `url`, presenting the
-    /// certificate of `identity` from the PKI directory.
+    /// certificate of `identity` from the PKI directory; each call may take a minute.
     pub async fn channel(
         &self,
         service: &str,
         url: &str,
         identity: &str,
     ) -> Result<Channel, CliError> {
-        let transport = transport(&self.pki, identity)?;
-        let endpoint = transport
-            .endpoint(url, &identity_of(service))
-            .map_err(|e| usage(format!("--{service} {url:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60));
-        endpoint
-            .connect()
-            .await
-            .map_err(|e| usage(format!("cannot reach the {service} at {url}: {e}")))
+        connect(
+            &self.pki,
+            identity,
+            service,
+            url,
+            Some(Duration::from_secs(60)),
+        )
+        .await
     }
+}
+
+/// A channel to `service` at `url` as `identity` (its certificate from `pki`), requiring the
+/// service to prove `spiffe://trias/<service>`; calls time out after `timeout`, if given.
+pub async fn connect(
+    pki: &Path,
+    identity: &str,
+    service: &str,
+    url: &str,
+    timeout: Option<Duration>,
+) -> Result<Channel, CliError> {
+    let transport = transport(pki, identity)?;
+    let mut endpoint = transport
+        .endpoint(url, &identity_of(service))
+        .map_err(|e| usage(format!("--{service} {url:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(10));
+    if let Some(timeout) = timeout {
+        endpoint = endpoint.timeout(timeout);
+    }
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| usage(format!("cannot reach the {service} at {url}: {e}")))
+}
+
+/// An auditor client as `cli` that sends the analyst's token, if one is given. No call
+/// timeout: an export or a watch may stream for as long as it takes.
+pub async fn auditor_client(
+    url: &str,
+    pki: &Path,
+    token: Option<&str>,
+) -> Result<AuditorClient<InterceptedService<Channel, Bearer>>, CliError> {
+    let bearer = Bearer::new(token).map_err(|e| usage(format!("--token: {e}")))?;
+    let channel = connect(pki, "cli", "auditor", url, None).await?;
+    // Entries are at most 64 KiB each, but a proof or page may carry more than the default.
+    Ok(
+        AuditorClient::with_interceptor(channel, bearer)
+            .max_decoding_message_size(64 * 1024 * 1024),
+    )
 }
 
 /// The transport presenting `identity`'s certificate from `pki`, or plain text when that

@@ -14,15 +14,13 @@ use trias_proto::v1::{CheckRequest, GrantType, LoginRequest, Reason, RevokeReque
 
 use crate::remote::{CliError, Services, oauth_error, usage};
 
-/// `trias token`.
-#[derive(Debug, Args)]
-pub struct TokenArgs {
-    #[command(flatten)]
-    pub services: Services,
-    /// The OAuth client asking for the token.
+/// The OAuth client a token request or revocation is made as.
+#[derive(Debug, Clone, Args)]
+pub struct Client {
+    /// The OAuth client (the one asking for the token, or the one it was issued to).
     #[arg(long, env = "TRIAS_CLIENT_ID", value_name = "ID")]
     pub client_id: String,
-    /// The client's secret (confidential clients; client_credentials and refresh).
+    /// The client's secret (confidential clients: client_credentials, refresh, revocation).
     #[arg(
         long,
         env = "TRIAS_CLIENT_SECRET",
@@ -31,6 +29,15 @@ pub struct TokenArgs {
         value_name = "SECRET"
     )]
     pub client_secret: Option<String>,
+}
+
+/// `trias token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    pub services: Services,
+    #[command(flatten)]
+    pub client: Client,
     /// Space-separated scopes; empty asks for every scope the subject may have.
     #[arg(long, default_value = "")]
     pub scope: String,
@@ -91,18 +98,8 @@ pub struct RevokeArgs {
         value_name = "TOKEN"
     )]
     pub token: String,
-    /// The client the token was issued to.
-    #[arg(long, env = "TRIAS_CLIENT_ID", value_name = "ID")]
-    pub client_id: String,
-    /// The client's secret (confidential clients).
-    #[arg(
-        long,
-        env = "TRIAS_CLIENT_SECRET",
-        hide_env_values = true,
-        allow_hyphen_values = true,
-        value_name = "SECRET"
-    )]
-    pub client_secret: Option<String>,
+    #[command(flatten)]
+    pub client: Client,
 }
 
 /// `trias check`.
@@ -151,8 +148,8 @@ pub async fn token(args: TokenArgs, out: &mut dyn Write) -> Result<(), CliError>
             let (code, verifier) = crate::browser::sign_in(&args, &redirect_uri).await?;
             TokenRequest {
                 grant_type: GrantType::AuthorizationCode.into(),
-                client_id: args.client_id.clone(),
-                client_secret: args.client_secret.clone().unwrap_or_default(),
+                client_id: args.client.client_id.clone(),
+                client_secret: args.client.client_secret.clone().unwrap_or_default(),
                 code,
                 code_verifier: verifier,
                 redirect_uri,
@@ -166,7 +163,7 @@ pub async fn token(args: TokenArgs, out: &mut dyn Write) -> Result<(), CliError>
             let password = read_password(args.password_stdin, username)?;
             let (verifier, challenge) = pkce()?;
             let mut login = LoginRequest {
-                client_id: args.client_id.clone(),
+                client_id: args.client.client_id.clone(),
                 redirect_uri: redirect_uri.clone(),
                 code_challenge: challenge,
                 code_challenge_method: "S256".into(),
@@ -194,8 +191,8 @@ pub async fn token(args: TokenArgs, out: &mut dyn Write) -> Result<(), CliError>
             };
             TokenRequest {
                 grant_type: GrantType::AuthorizationCode.into(),
-                client_id: args.client_id.clone(),
-                client_secret: args.client_secret.clone().unwrap_or_default(),
+                client_id: args.client.client_id.clone(),
+                client_secret: args.client.client_secret.clone().unwrap_or_default(),
                 code,
                 code_verifier: verifier,
                 redirect_uri,
@@ -204,16 +201,16 @@ pub async fn token(args: TokenArgs, out: &mut dyn Write) -> Result<(), CliError>
         }
         (None, Some(refresh)) => TokenRequest {
             grant_type: GrantType::RefreshToken.into(),
-            client_id: args.client_id.clone(),
-            client_secret: args.client_secret.clone().unwrap_or_default(),
+            client_id: args.client.client_id.clone(),
+            client_secret: args.client.client_secret.clone().unwrap_or_default(),
             refresh_token: refresh.clone(),
             scope: args.scope.clone(),
             ..TokenRequest::default()
         },
         (None, None) => TokenRequest {
             grant_type: GrantType::ClientCredentials.into(),
-            client_id: args.client_id.clone(),
-            client_secret: args.client_secret.clone().ok_or_else(|| {
+            client_id: args.client.client_id.clone(),
+            client_secret: args.client.client_secret.clone().ok_or_else(|| {
                 usage("client_credentials needs --client-secret (or TRIAS_CLIENT_SECRET)")
             })?,
             scope: args.scope.clone(),
@@ -253,8 +250,8 @@ pub async fn revoke(args: RevokeArgs, out: &mut dyn Write) -> Result<(), CliErro
         .revoke(RevokeRequest {
             token: args.token,
             token_type_hint: String::new(),
-            client_id: args.client_id,
-            client_secret: args.client_secret.unwrap_or_default(),
+            client_id: args.client.client_id,
+            client_secret: args.client.client_secret.unwrap_or_default(),
         })
         .await
         .map_err(|s| CliError::from_status("issuer", &s))?;

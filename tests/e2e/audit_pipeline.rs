@@ -265,14 +265,6 @@ fn evidence_index(alert: &AuditEvent) -> u64 {
         .unwrap()
 }
 
-/// The sample policy without its static payments conflict, so one subject can hold both the
-/// create and the approve scope and only dual control stands between them.
-fn policy_without_static_conflict() -> String {
-    let conflict = "[[conflict]]\nname  = \"payments maker-checker\"\nroles = [\"clerk\", \"approver\", \"treasurer\"]\n";
-    assert!(trias_policy::SAMPLE.contains(conflict));
-    trias_policy::SAMPLE.replace(conflict, "")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duty_violations_wrong_audiences_and_denial_bursts_are_alerts() {
     let detectors = DetectConfig {
@@ -281,7 +273,7 @@ async fn duty_violations_wrong_audiences_and_denial_bursts_are_alerts() {
     };
     let (auditor, issuer, validator) = pipeline(
         Backend::Sqlite,
-        &policy_without_static_conflict(),
+        &trias_tests::policy_without_static_conflict(),
         detectors,
     )
     .await

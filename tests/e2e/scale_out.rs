@@ -13,14 +13,6 @@ use trias_proto::v1::Reason;
 use trias_tests::validator::{ValidatorHandle, ValidatorOptions, start_validator};
 use trias_tests::{Backend, IssuerHandle, IssuerOptions, oauth_error, start_issuer};
 
-/// The sample policy without its static maker-checker conflict, so one subject can hold
-/// both the maker's and the checker's scopes and dual control is what stands between them.
-fn policy() -> String {
-    let conflict = "[[conflict]]\nname  = \"payments maker-checker\"\nroles = [\"clerk\", \"approver\", \"treasurer\"]\n";
-    assert!(trias_policy::SAMPLE.contains(conflict));
-    trias_policy::SAMPLE.replace(conflict, "")
-}
-
 struct Cluster {
     a: IssuerHandle,
     b: IssuerHandle,
@@ -32,13 +24,13 @@ struct Cluster {
 /// following b on one ledger. `None` without a PostgreSQL server.
 async fn cluster() -> Option<Cluster> {
     let a = start_issuer(IssuerOptions {
-        policy: policy(),
+        policy: trias_tests::policy_without_static_conflict(),
         producer: Some("issuer-a".into()),
         ..IssuerOptions::on(Backend::Postgres)
     })
     .await?;
     let b = start_issuer(IssuerOptions {
-        policy: policy(),
+        policy: trias_tests::policy_without_static_conflict(),
         shared_database: a.database_url(),
         issuer_url: Some(a.http_base()),
         producer: Some("issuer-b".into()),
@@ -49,7 +41,7 @@ async fn cluster() -> Option<Cluster> {
     let v1 = start_validator(
         &a,
         ValidatorOptions {
-            policy: policy(),
+            policy: trias_tests::policy_without_static_conflict(),
             producer: Some("validator-1".into()),
             ..ValidatorOptions::on(Backend::Postgres)
         },
@@ -58,7 +50,7 @@ async fn cluster() -> Option<Cluster> {
     let v2 = start_validator(
         &b,
         ValidatorOptions {
-            policy: policy(),
+            policy: trias_tests::policy_without_static_conflict(),
             shared_database: v1.database_url(),
             producer: Some("validator-2".into()),
             ..ValidatorOptions::on(Backend::Postgres)

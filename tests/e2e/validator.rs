@@ -25,14 +25,6 @@ use trias_tests::{
     start_issuer,
 };
 
-/// The sample policy without its static payments conflict, so one subject can hold both the
-/// create and the approve scope and only dual control stands between them.
-fn policy_without_static_conflict() -> String {
-    let conflict = "[[conflict]]\nname  = \"payments maker-checker\"\nroles = [\"clerk\", \"approver\", \"treasurer\"]\n";
-    assert!(trias_policy::SAMPLE.contains(conflict));
-    trias_policy::SAMPLE.replace(conflict, "")
-}
-
 async fn stack(backend: Backend, policy: String) -> Option<(IssuerHandle, ValidatorHandle)> {
     let issuer = start_issuer(IssuerOptions {
         policy: policy.clone(),
@@ -367,7 +359,9 @@ async fn a_revoked_token_is_denied_within_a_second(backend: Backend) {
 
 both_backends!(maker_checker_on_one_object);
 async fn maker_checker_on_one_object(backend: Backend) {
-    let Some((issuer, validator)) = stack(backend, policy_without_static_conflict()).await else {
+    let Some((issuer, validator)) =
+        stack(backend, trias_tests::policy_without_static_conflict()).await
+    else {
         return;
     };
     let (alice, _) = token_for(
@@ -418,7 +412,9 @@ async fn maker_checker_on_one_object(backend: Backend) {
 
 both_backends!(concurrent_conflicting_attempts_one_wins);
 async fn concurrent_conflicting_attempts_one_wins(backend: Backend) {
-    let Some((issuer, validator)) = stack(backend, policy_without_static_conflict()).await else {
+    let Some((issuer, validator)) =
+        stack(backend, trias_tests::policy_without_static_conflict()).await
+    else {
         return;
     };
     let (mallory, _) = token_for(

@@ -644,6 +644,14 @@ pub fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
     request
 }
 
+/// The sample policy without its static payments conflict, so one subject can hold both the
+/// create and the approve scope and only dual control stands between them.
+pub fn policy_without_static_conflict() -> String {
+    let conflict = "[[conflict]]\nname  = \"payments maker-checker\"\nroles = [\"clerk\", \"approver\", \"treasurer\"]\n";
+    assert!(trias_policy::SAMPLE.contains(conflict));
+    trias_policy::SAMPLE.replace(conflict, "")
+}
+
 /// A PKCE verifier and its S256 challenge.
 pub fn pkce_pair() -> (String, String) {
     let mut bytes = [0u8; 32];
