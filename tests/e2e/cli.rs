@@ -789,3 +789,33 @@ async fn a_stop_during_start_up_leaves_no_service_running() {
         );
     }
 }
+
+/// JSON logs on request: with `log_json` set (here through `TRIAS_ISSUER_LOG_JSON`), the
+/// issuer logs one JSON object per line; the other services keep their plain lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_logs_json_lines_on_request() {
+    let mut stack = Stack::up(&[("TRIAS_ISSUER_LOG_JSON", "true")]).await;
+    assert!(stack.stop().await.status.success());
+    let logs = stack.logs();
+    let json: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    assert!(
+        json.iter()
+            .any(|l| l["fields"]["message"] == "issuer listening"),
+        "{logs}"
+    );
+    assert!(
+        json.iter().all(|l| l["target"]
+            .as_str()
+            .is_some_and(|t| !t.starts_with("trias_validator"))),
+        "{logs}"
+    );
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("validator")
+                && serde_json::from_str::<serde_json::Value>(l).is_err()),
+        "{logs}"
+    );
+}
