@@ -24,6 +24,7 @@ mod audit_pipeline;
 mod audit_verify;
 mod auditor;
 mod cli;
+mod corpus;
 mod custody;
 mod deploy;
 mod graceful;
