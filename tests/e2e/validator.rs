@@ -785,3 +785,113 @@ async fn checks_go_on_while_the_issuer_is_down(backend: Backend) {
     assert!(started.elapsed() < Duration::from_secs(5));
     stop(issuer, validator).await;
 }
+
+both_backends!(key_rotation_during_a_check_storm_fails_no_check);
+/// Keys rotate, back and forth between EdDSA and ES256, while clients mint and check tokens
+/// without pause: no genuine token is ever refused, neither one signed by a key the validator
+/// sees for the first time (all checkers meet it at once) nor one signed by the key just
+/// retired.
+async fn key_rotation_during_a_check_storm_fails_no_check(backend: Backend) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    const CHECKERS: usize = 4;
+    const ROTATIONS: usize = 4;
+    let Some(issuer) = start_issuer(IssuerOptions::on(backend)).await else {
+        return;
+    };
+    let Some(validator) = start_validator(
+        &issuer,
+        ValidatorOptions {
+            unknown_kid_min_interval: Duration::from_millis(1),
+            ..ValidatorOptions::on(backend)
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let issuer = Arc::new(issuer);
+    let validator = Arc::new(validator);
+    let running = Arc::new(AtomicBool::new(true));
+    let checks = Arc::new(AtomicU64::new(0));
+    let mut storm = Vec::new();
+    for _ in 0..CHECKERS {
+        let client = issuer.service_client(&["clerk"], &["payments:read"]).await;
+        let (issuer, validator) = (Arc::clone(&issuer), Arc::clone(&validator));
+        let (running, checks) = (Arc::clone(&running), Arc::clone(&checks));
+        storm.push(tokio::spawn(async move {
+            let mut minting = issuer.grpc().await;
+            let mut checking = validator.grpc().await;
+            let mut previous: Option<String> = None;
+            let mut kids = std::collections::BTreeSet::new();
+            while running.load(Ordering::SeqCst) {
+                let token = minting
+                    .token(client_credentials(&client.0, &client.1, "payments:read"))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .access_token;
+                kids.insert(jwt_parts(&token).0["kid"].as_str().unwrap().to_owned());
+                for t in std::iter::once(&token).chain(previous.as_ref()) {
+                    let decision = checking
+                        .check(CheckRequest {
+                            token: t.clone(),
+                            action: "payment.read".into(),
+                            audience: "payments".into(),
+                            ..Default::default()
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    assert!(decision.allowed, "{decision:?}");
+                    checks.fetch_add(1, Ordering::SeqCst);
+                }
+                previous = Some(token);
+            }
+            kids.len()
+        }));
+    }
+    /// Waits for 50 more checks; a checker that stopped (its check was refused) ends the wait.
+    async fn more_checks(checks: &AtomicU64, storm: &[tokio::task::JoinHandle<usize>]) {
+        let before = checks.load(Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while checks.load(Ordering::SeqCst) < before + 50 {
+            assert!(
+                storm.iter().all(|checker| !checker.is_finished()),
+                "a checker stopped: a genuine token was refused"
+            );
+            assert!(Instant::now() < deadline, "the storm stalled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    for round in 0..ROTATIONS {
+        let algorithm = if round % 2 == 0 {
+            KeyAlgorithm::ES256
+        } else {
+            KeyAlgorithm::EdDSA
+        };
+        // Let the storm run on the current key, then publish the next and make it sign.
+        more_checks(&checks, &storm).await;
+        issuer
+            .issuer
+            .rotate_keys(&Actor::Local, Some(algorithm))
+            .await
+            .unwrap();
+        issuer.advance(61);
+    }
+    more_checks(&checks, &storm).await;
+    running.store(false, Ordering::SeqCst);
+    for checker in storm {
+        let kids = checker.await.unwrap();
+        assert!(kids > ROTATIONS / 2, "a checker saw only {kids} keys sign");
+    }
+    let Ok(validator) = Arc::try_unwrap(validator) else {
+        panic!("the validator is still shared");
+    };
+    let Ok(issuer) = Arc::try_unwrap(issuer) else {
+        panic!("the issuer is still shared");
+    };
+    stop(issuer, validator).await;
+}
