@@ -17,7 +17,7 @@ use tonic::transport::Endpoint;
 use trias_proto::v1::auditor_client::AuditorClient;
 use trias_proto::v1::{AppendRequest, AuditEvent};
 
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, OutboxError};
 use crate::tls::{Transport, identity_of};
 
 /// The most events the shipper sends in one `Append` (the auditor accepts up to 1000).
@@ -215,9 +215,16 @@ impl Shipper {
             };
             match attempt {
                 Ok(last) => {
-                    if let Err(error) = self.outbox.mark_shipped(last).await {
-                        tracing::warn!(%error, "cannot mark audit events shipped");
-                        return Ended::OutboxClosed;
+                    match self.outbox.mark_shipped(last).await {
+                        Ok(()) => {}
+                        Err(OutboxError::Closed) => return Ended::OutboxClosed,
+                        // The auditor holds the events; only the watermark was not written
+                        // (a full disk, say). Shipping goes on: the next mark covers these
+                        // too, and a restart before it re-sends them, which the auditor
+                        // ignores as already held.
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot mark audit events shipped yet");
+                        }
                     }
                     let sent = last.saturating_sub(self.shipped);
                     self.shipped = last;

@@ -27,6 +27,7 @@ mod cli;
 mod corpus;
 mod custody;
 mod deploy;
+mod faults;
 mod graceful;
 mod issuer;
 mod issuer_admin;

@@ -11,6 +11,7 @@
 pub mod auditor;
 pub mod bench;
 pub mod limits;
+pub mod processes;
 pub mod stack;
 pub mod validator;
 pub mod webdriver;
