@@ -272,3 +272,131 @@ impl Suite {
         String::from_utf8(report).unwrap()
     }
 }
+
+/// A PostgreSQL server of a test's own (initdb into a temporary directory, on a free port), so
+/// the test can restart it under load without disturbing the machine's server that the other
+/// PostgreSQL suites share. Root runs it as the `postgres` user, as PostgreSQL requires.
+#[derive(Debug)]
+pub struct PrivatePostgres {
+    pub port: u16,
+    dir: PathBuf,
+    _temp: tempfile::TempDir,
+}
+
+impl PrivatePostgres {
+    /// Initialises and starts the server; `Err` says why it cannot run here (no PostgreSQL
+    /// binaries on the PATH, say).
+    pub async fn start() -> Result<PrivatePostgres, String> {
+        let temp = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let dir = temp.path().join("pgdata");
+        if is_root() {
+            // The postgres user must own the directory its cluster goes into.
+            run(
+                "chown",
+                &["postgres", &temp.path().display().to_string()],
+                false,
+            )?;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let server = PrivatePostgres {
+            port,
+            dir,
+            _temp: temp,
+        };
+        let dir = server.dir.display().to_string();
+        run(
+            "initdb",
+            &["-D", &dir, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+            true,
+        )?;
+        server.pg_ctl("start")?;
+        Ok(server)
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/<database>`.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Creates a database; `name` is the test's own constant, never outside input.
+    pub async fn create_database(&self, name: &'static str) {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(&self.url("postgres"))
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    }
+
+    /// Stops the server (fast: open connections are cut), waits `down`, and starts it again.
+    pub async fn restart(&self, down: Duration) {
+        self.pg_ctl("stop").unwrap();
+        tokio::time::sleep(down).await;
+        self.pg_ctl("start").unwrap();
+    }
+
+    fn pg_ctl(&self, action: &str) -> Result<(), String> {
+        let dir = self.dir.display().to_string();
+        let log = self.dir.with_extension("log").display().to_string();
+        let options = format!(
+            "-p {} -k {dir} -c listen_addresses=127.0.0.1 -c max_connections=200",
+            self.port
+        );
+        match action {
+            "start" => run(
+                "pg_ctl",
+                &["-D", &dir, "-l", &log, "-o", &options, "-w", "start"],
+                true,
+            ),
+            _ => run("pg_ctl", &["-D", &dir, "-m", "fast", "-w", action], true),
+        }
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let dir = self.dir.display().to_string();
+        let _ = run(
+            "pg_ctl",
+            &["-D", &dir, "-m", "immediate", "-w", "stop"],
+            true,
+        );
+    }
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Runs a command (as the `postgres` user when `as_postgres` and running as root).
+fn run(program: &str, args: &[&str], as_postgres: bool) -> Result<(), String> {
+    let mut command = if as_postgres && is_root() {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--", program]);
+        c
+    } else {
+        std::process::Command::new(program)
+    };
+    let output = command
+        .args(args)
+        .output()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program} {args:?}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
