@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod custody;
 pub mod event;
+pub mod limit;
 pub mod metrics;
 pub mod net;
 pub mod outbox;
