@@ -145,6 +145,14 @@ pub async fn start_auditor(options: AuditorOptions) -> Option<AuditorHandle> {
             "DETECTORS__DENIAL_BURST_WINDOW",
             format!("{}ms", options.detectors.denial_burst_window.as_millis()),
         ),
+        (
+            "DETECTORS__LOGIN_FAILURE_COUNT",
+            options.detectors.login_failure_count.to_string(),
+        ),
+        (
+            "DETECTORS__LOGIN_FAILURE_WINDOW",
+            format!("{}ms", options.detectors.login_failure_window.as_millis()),
+        ),
     ]);
     let database = match options.backend {
         Backend::Sqlite => None,
