@@ -295,8 +295,12 @@ pub struct Detectors {
     config: DetectConfig,
     /// The highest sequence number logged per producer (the auditor's own included).
     last_seq: HashMap<String, u64>,
-    /// Passed checks waiting out their grace, by index.
+    /// Passed checks waiting out their grace, by index: the first check of each token only
+    /// (one decision covers every check of a token), without its attributes, so a flood of
+    /// checks of one token costs one entry.
     pending: BTreeMap<u64, PendingCheck>,
+    /// The tokens of `pending`.
+    pending_tokens: HashSet<String>,
     bursts: HashMap<(BurstKey, String), Burst>,
     /// The newest denial time seen, which ages out idle bursts.
     newest_denial: i64,
@@ -313,6 +317,7 @@ impl Detectors {
             config,
             last_seq,
             pending: BTreeMap::new(),
+            pending_tokens: HashSet::new(),
             bursts: HashMap::new(),
             newest_denial: i64::MIN,
         }
@@ -342,14 +347,11 @@ impl Detectors {
                 && !event.token_id.is_empty()
             {
                 let due = now.saturating_add(nanos(self.config.never_issued_grace));
-                self.pending.insert(
+                self.wait(PendingCheck {
                     index,
-                    PendingCheck {
-                        index,
-                        event: event.clone(),
-                        due,
-                    },
-                );
+                    event: event.clone(),
+                    due,
+                });
             }
             if event.decision() == Decision::Deny {
                 alerts.extend(self.denial(index, event));
@@ -493,6 +495,15 @@ impl Detectors {
         self.bursts.retain(|_, burst| newest(burst) > threshold);
     }
 
+    /// Holds a passed check until its grace is over, unless its token already waits.
+    fn wait(&mut self, mut check: PendingCheck) {
+        if self.pending_tokens.insert(check.event.token_id.clone()) {
+            // The alert names the event's fields, never its attributes.
+            check.event.attributes.clear();
+            self.pending.insert(check.index, check);
+        }
+    }
+
     /// Whether some passed check's grace is over.
     pub fn has_due(&self, now: i64) -> bool {
         self.pending.values().any(|p| p.due <= now)
@@ -507,15 +518,21 @@ impl Detectors {
             .filter(|p| p.due <= now)
             .map(|p| p.index)
             .collect();
-        due.iter()
+        let taken: Vec<PendingCheck> = due
+            .iter()
             .filter_map(|index| self.pending.remove(index))
-            .collect()
+            .collect();
+        for check in &taken {
+            self.pending_tokens.remove(&check.event.token_id);
+        }
+        taken
     }
 
-    /// Puts checks back (their lookup failed); they are decided next time.
+    /// Puts checks back (their lookup failed, or they are restored at start); they are
+    /// decided next time.
     pub fn restore_pending(&mut self, checks: impl IntoIterator<Item = PendingCheck>) {
         for check in checks {
-            self.pending.insert(check.index, check);
+            self.wait(check);
         }
     }
 
@@ -771,13 +788,14 @@ mod tests {
         };
         let entries = [(10, &passed), (11, &issued), (12, &again)];
         assert!(d.observe(&entries, 100 * SECOND).is_empty());
-        assert_eq!(d.pending(), 3);
+        // A token checked twice waits once, from its first check.
+        assert_eq!(d.pending(), 2);
         assert_eq!(d.decided_below(13), 10);
         let grace = nanos(DetectConfig::default().never_issued_grace);
         assert!(!d.has_due(100 * SECOND + grace - 1));
         assert!(d.has_due(100 * SECOND + grace));
         let due = d.take_due(100 * SECOND + grace);
-        assert_eq!(due.len(), 3);
+        assert_eq!(due.len(), 2);
         assert_eq!(d.decided_below(13), 13);
 
         let facts = HashMap::from([(
@@ -804,6 +822,23 @@ mod tests {
             },
         )]);
         assert!(resolve(d.take_due(i64::MAX), &facts).is_empty());
+    }
+
+    #[test]
+    fn a_flood_of_checks_of_one_token_waits_once() {
+        let mut d = detectors();
+        let flood: Vec<AuditEvent> = (1..=10_000)
+            .map(|seq| AuditEvent {
+                token_id: "jti-same".into(),
+                ..check(seq, Decision::Allow, "")
+            })
+            .collect();
+        observe(&mut d, &flood, 0);
+        assert_eq!(d.pending(), 1);
+        assert_eq!(d.take_due(i64::MAX).len(), 1);
+        // Once decided, a later check of the token waits again.
+        observe(&mut d, &flood[..1], 20_000);
+        assert_eq!(d.pending(), 1);
     }
 
     #[test]

@@ -31,6 +31,9 @@ use crate::store::{Filter, Order, unix_nanos};
 pub const AUDIT_ACTION: &str = "audit.query";
 /// Entries read from the database per export step.
 const EXPORT_CHUNK: u64 = 1000;
+/// Entries an export holds ready for a slow reader: with the chunk being read, what one
+/// export stream holds in memory at most (the reading task waits while it is full).
+const EXPORT_BUFFER: usize = 64;
 /// Alerts read from the database per step of a watch.
 const ALERT_PAGE: u32 = 100;
 
@@ -399,7 +402,7 @@ impl AuditorApi for AuditorService {
             .auditor
             .export_bounds(request.from_index, request.to_index)?;
         let auditor = self.auditor.clone();
-        let (tx, rx) = mpsc::channel(EXPORT_CHUNK as usize);
+        let (tx, rx) = mpsc::channel(EXPORT_BUFFER);
         tokio::spawn(async move {
             let mut at = from;
             while at < to {
