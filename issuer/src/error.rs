@@ -189,3 +189,35 @@ impl From<crate::store::StoreError> for Error {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_limited_request_is_slow_down_with_its_wait() {
+        let error = Error::SlowDown {
+            limit: Limit::FailedLoginsPerUser,
+            retry_after: 30,
+        };
+        assert_eq!(error.oauth_code(), "slow_down");
+        assert_eq!(error.http_status(), 429);
+        assert_eq!(error.retry_after(), Some(30));
+        assert_eq!(
+            error.to_string(),
+            "too many failed logins for this user; retry after 30 s"
+        );
+        let status = tonic::Status::from(error);
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status.get_error_details().error_info().unwrap().reason,
+            "slow_down"
+        );
+        assert_eq!(
+            status.get_details_retry_info().unwrap().retry_delay,
+            Some(std::time::Duration::from_secs(30))
+        );
+        assert_eq!(Error::InvalidClient.retry_after(), None);
+    }
+}
