@@ -1,6 +1,6 @@
 //! What every Trias service needs to run: the clock, strict configuration, telemetry, rate
-//! limits, secrets
-//! that never print, the audit event format and the durable outbox producers write events to.
+//! limits, secrets that never print, the audit event format and the durable outbox producers
+//! write events to.
 //!
 //! The issuer and validator record every audit event in their [`outbox`] before they answer;
 //! the [`shipper`] forwards what is there to the auditor.
