@@ -6,6 +6,8 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use trias_runtime::access::TokenChecker;
+use trias_runtime::clock::Clock;
+use trias_runtime::limit::RateLimiter;
 use trias_runtime::tls::Transport;
 
 use prost::Message as _;
@@ -21,6 +23,9 @@ use crate::store::{Filter, Order, Store, StoredCheckpoint, timestamp_of};
 pub const MAX_EVENT_BYTES: usize = 64 * 1024;
 /// The most events one append may carry.
 pub const MAX_BATCH_EVENTS: usize = 1000;
+/// The largest append message, in bytes: a batch's events together (shippers send at most
+/// 4 MiB). A larger message is refused `OUT_OF_RANGE` before it is decoded whole.
+pub const MAX_APPEND_BYTES: usize = 16 * 1024 * 1024;
 /// The longest event id, in characters.
 pub const MAX_ID_CHARS: usize = 128;
 /// Query page size when the request names none.
@@ -39,7 +44,19 @@ pub struct Auditor {
     transport: Transport,
     /// Where security teams' tokens are checked; `None` refuses them all.
     access: Option<TokenChecker>,
+    /// Limits the `access_refused` alerts logged per caller; `None` logs every one.
+    refusals: Option<Arc<RefusalAlerts>>,
 }
+
+/// The limit on `access_refused` alerts per caller, and the clock it reads.
+#[derive(Debug)]
+struct RefusalAlerts {
+    limiter: RateLimiter,
+    clock: Arc<dyn Clock>,
+}
+
+/// The most callers whose refusals are counted at once.
+const REFUSING_CALLERS: usize = 10_000;
 
 #[derive(Debug)]
 struct Inner {
@@ -85,6 +102,38 @@ impl Auditor {
             }),
             transport: Transport::plaintext(),
             access: None,
+            refusals: None,
+        }
+    }
+
+    /// The same auditor, logging at most `quota` `access_refused` alerts per caller.
+    pub fn with_refusal_alerts(
+        self,
+        quota: trias_runtime::limit::Quota,
+        clock: Arc<dyn Clock>,
+    ) -> Auditor {
+        let refusals = RefusalAlerts {
+            limiter: RateLimiter::new(quota, REFUSING_CALLERS),
+            clock,
+        };
+        Auditor {
+            refusals: Some(Arc::new(refusals)),
+            ..self
+        }
+    }
+
+    /// Whether a refusal of `caller` is to be logged as an alert: false once the caller has
+    /// had its quota of them; the call is refused either way.
+    pub fn log_refusal_of(&self, caller: &str) -> bool {
+        match &self.refusals {
+            None => true,
+            Some(r) => {
+                let logged = r.limiter.acquire(caller, r.clock.now()).is_ok();
+                if !logged {
+                    self.inner.metrics.refusals_unlogged.inc();
+                }
+                logged
+            }
         }
     }
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use trias_runtime::config::ConfigError;
+use trias_runtime::limit::Quota;
 use trias_runtime::secret::Secret;
 use trias_runtime::tls::TlsFiles;
 
@@ -43,6 +44,9 @@ pub struct AuditorConfig {
     /// The detectors' settings.
     #[serde(default)]
     pub detectors: DetectConfig,
+    /// Limits on what a flood can make the auditor do.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Mutual TLS for every gRPC connection, served and made (required unless
     /// `dev_plaintext`): the CA, this service's certificate and its owner-only key.
     #[serde(default)]
@@ -56,6 +60,29 @@ pub struct AuditorConfig {
     /// Address of the Prometheus `GET /metrics` endpoint (plain HTTP); none when unset.
     #[serde(default)]
     pub metrics_addr: Option<SocketAddr>,
+}
+
+/// The auditor's limits (`[limits]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// `access_refused` alerts logged per caller identity (`"<count>/<window>"` or `"off"`):
+    /// past it a refused caller is still refused, but no longer written to the log, so a
+    /// flood of refused calls cannot fill the log or hold the sequencer.
+    #[serde(default = "default_refusal_alerts")]
+    pub refusal_alerts_per_caller: Quota,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            refusal_alerts_per_caller: default_refusal_alerts(),
+        }
+    }
+}
+
+fn default_refusal_alerts() -> Quota {
+    Quota::new(10, std::time::Duration::from_secs(60))
 }
 
 fn default_grpc_addr() -> SocketAddr {
@@ -113,6 +140,12 @@ impl AuditorConfig {
         }
         if self.detectors.denial_burst_window.is_zero() {
             return bad("detectors.denial_burst_window", "must be positive");
+        }
+        if self.detectors.login_failure_count < 2 {
+            return bad("detectors.login_failure_count", "must be at least 2");
+        }
+        if self.detectors.login_failure_window.is_zero() {
+            return bad("detectors.login_failure_window", "must be positive");
         }
         if let Some(url) = &self.database_url {
             let url = url.expose();
@@ -179,6 +212,8 @@ mod tests {
                 ("TRIAS_AUDITOR_DETECTORS__NEVER_ISSUED_GRACE", "2s"),
                 ("TRIAS_AUDITOR_DETECTORS__DENIAL_BURST_COUNT", "5"),
                 ("TRIAS_AUDITOR_DETECTORS__DENIAL_BURST_WINDOW", "10s"),
+                ("TRIAS_AUDITOR_DETECTORS__LOGIN_FAILURE_COUNT", "4"),
+                ("TRIAS_AUDITOR_DETECTORS__LOGIN_FAILURE_WINDOW", "15m"),
             ]),
         )
         .unwrap();
@@ -188,6 +223,8 @@ mod tests {
                 never_issued_grace: std::time::Duration::from_secs(2),
                 denial_burst_count: 5,
                 denial_burst_window: std::time::Duration::from_secs(10),
+                login_failure_count: 4,
+                login_failure_window: std::time::Duration::from_secs(900),
             }
         );
     }
@@ -218,6 +255,11 @@ mod tests {
                 "TRIAS_AUDITOR_DETECTORS__DENIAL_BURST_COUNT",
                 "1",
                 "detectors.denial_burst_count",
+            ),
+            (
+                "TRIAS_AUDITOR_DETECTORS__LOGIN_FAILURE_COUNT",
+                "0",
+                "detectors.login_failure_count",
             ),
             ("TRIAS_AUDITOR_DATABASE_URL", "mysql://x", "database_url"),
             ("TRIAS_AUDITOR_SIGNING_KEY", "x", "signing_key"),

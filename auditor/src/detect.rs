@@ -17,6 +17,7 @@
 //! | `wrong_audience` | a check denied `wrong_audience` (a token presented to a service it was not minted for) |
 //! | `producer_sequence_gap` | a producer's sequence number skipping ahead of the last one logged |
 //! | `denial_burst` | `denial_burst_count` denials for one subject or one client within `denial_burst_window` |
+//! | `login_brute_force` | `login_failure_count` failed logins (a wrong password or one-time code, or a login refused by the issuer's rate limit) for one username or from one source address within `login_failure_window` |
 //! | `access_refused` | raised by the auditor itself, not a detector: a caller refused for its identity or credentials (an append from the wrong peer, a query without `audit:read`) |
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -43,6 +44,13 @@ pub struct DetectConfig {
     /// The window the burst's denials fall in; at most one alert per key per window.
     #[serde(default = "default_burst_window", with = "duration")]
     pub denial_burst_window: Duration,
+    /// Failed logins for one username, or from one source address, that make a brute force.
+    #[serde(default = "default_login_failure_count")]
+    pub login_failure_count: usize,
+    /// The window those failures fall in; at most one alert per username or address per
+    /// window.
+    #[serde(default = "default_login_failure_window", with = "duration")]
+    pub login_failure_window: Duration,
 }
 
 fn default_grace() -> Duration {
@@ -54,6 +62,12 @@ fn default_burst_count() -> usize {
 fn default_burst_window() -> Duration {
     Duration::from_secs(60)
 }
+fn default_login_failure_count() -> usize {
+    10
+}
+fn default_login_failure_window() -> Duration {
+    Duration::from_secs(300)
+}
 
 impl Default for DetectConfig {
     fn default() -> Self {
@@ -61,6 +75,8 @@ impl Default for DetectConfig {
             never_issued_grace: default_grace(),
             denial_burst_count: default_burst_count(),
             denial_burst_window: default_burst_window(),
+            login_failure_count: default_login_failure_count(),
+            login_failure_window: default_login_failure_window(),
         }
     }
 }
@@ -74,18 +90,20 @@ pub enum Detector {
     WrongAudience,
     ProducerSequenceGap,
     DenialBurst,
+    LoginBruteForce,
     /// Not a detector over the stream: the auditor refused a caller (see [`Alert::refused`]).
     AccessRefused,
 }
 
 impl Detector {
-    pub const ALL: [Detector; 6] = [
+    pub const ALL: [Detector; 7] = [
         Detector::RefreshReuse,
         Detector::DualControlViolation,
         Detector::NeverIssued,
         Detector::WrongAudience,
         Detector::ProducerSequenceGap,
         Detector::DenialBurst,
+        Detector::LoginBruteForce,
     ];
 
     /// The alert's `reason`.
@@ -97,6 +115,7 @@ impl Detector {
             Detector::WrongAudience => "wrong_audience",
             Detector::ProducerSequenceGap => "producer_sequence_gap",
             Detector::DenialBurst => "denial_burst",
+            Detector::LoginBruteForce => "login_brute_force",
             Detector::AccessRefused => "access_refused",
         }
     }
@@ -212,11 +231,14 @@ pub struct PendingCheck {
     pub due: i64,
 }
 
-/// Which of a key's fields a burst is counted on.
+/// Which of an event's fields a burst is counted on: a denial's subject or client
+/// (`denial_burst`), a failed login's `username` or `source` attribute (`login_brute_force`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BurstKey {
     Subject,
     Client,
+    Username,
+    Source,
 }
 
 impl BurstKey {
@@ -224,12 +246,41 @@ impl BurstKey {
         match self {
             BurstKey::Subject => "subject",
             BurstKey::Client => "client_id",
+            BurstKey::Username => "username",
+            BurstKey::Source => "source",
+        }
+    }
+
+    fn parse(name: &str) -> Option<BurstKey> {
+        [
+            BurstKey::Subject,
+            BurstKey::Client,
+            BurstKey::Username,
+            BurstKey::Source,
+        ]
+        .into_iter()
+        .find(|key| key.name() == name)
+    }
+
+    fn detector(self) -> Detector {
+        match self {
+            BurstKey::Subject | BurstKey::Client => Detector::DenialBurst,
+            BurstKey::Username | BurstKey::Source => Detector::LoginBruteForce,
         }
     }
 }
 
-/// The latest denials of one subject or client: at most `denial_burst_count` of them, all
-/// within one window of the newest, oldest first.
+/// The most keys (subjects, clients, usernames, addresses) bursts are counted for at once:
+/// past it, those whose newest event is oldest are forgotten, so a flood of distinct keys
+/// cannot exhaust the auditor's memory.
+pub const MAX_BURST_KEYS: usize = 100_000;
+
+/// The reasons of a failed login that count towards `login_brute_force`: wrong credentials
+/// (`access_denied`) and logins the issuer's rate limit refused (`slow_down`).
+const LOGIN_FAILURES: [&str; 2] = ["access_denied", "slow_down"];
+
+/// The latest denials of one key: at most the burst count of them, all within one window
+/// of the newest, oldest first.
 #[derive(Debug, Default)]
 struct Burst {
     /// (event time in unix nanoseconds, index, event id).
@@ -244,8 +295,12 @@ pub struct Detectors {
     config: DetectConfig,
     /// The highest sequence number logged per producer (the auditor's own included).
     last_seq: HashMap<String, u64>,
-    /// Passed checks waiting out their grace, by index.
+    /// Passed checks waiting out their grace, by index: the first check of each token only
+    /// (one decision covers every check of a token), without its attributes, so a flood of
+    /// checks of one token costs one entry.
     pending: BTreeMap<u64, PendingCheck>,
+    /// The tokens of `pending`.
+    pending_tokens: HashSet<String>,
     bursts: HashMap<(BurstKey, String), Burst>,
     /// The newest denial time seen, which ages out idle bursts.
     newest_denial: i64,
@@ -262,6 +317,7 @@ impl Detectors {
             config,
             last_seq,
             pending: BTreeMap::new(),
+            pending_tokens: HashSet::new(),
             bursts: HashMap::new(),
             newest_denial: i64::MIN,
         }
@@ -291,20 +347,26 @@ impl Detectors {
                 && !event.token_id.is_empty()
             {
                 let due = now.saturating_add(nanos(self.config.never_issued_grace));
-                self.pending.insert(
+                self.wait(PendingCheck {
                     index,
-                    PendingCheck {
-                        index,
-                        event: event.clone(),
-                        due,
-                    },
-                );
+                    event: event.clone(),
+                    due,
+                });
             }
             if event.decision() == Decision::Deny {
                 alerts.extend(self.denial(index, event));
             }
         }
         alerts
+    }
+
+    /// The count and window of bursts on `key`.
+    fn burst_limits(&self, key: BurstKey) -> (usize, i64) {
+        let c = &self.config;
+        match key.detector() {
+            Detector::LoginBruteForce => (c.login_failure_count, nanos(c.login_failure_window)),
+            _ => (c.denial_burst_count, nanos(c.denial_burst_window)),
+        }
     }
 
     /// Producer sequence gaps: the shipper sends each producer's events in order and never
@@ -327,15 +389,25 @@ impl Detectors {
         alert
     }
 
-    /// Counts a denial against its subject and its client.
+    /// Counts a denial against its subject and its client, and a failed login also against
+    /// its username and source address.
     fn denial(&mut self, index: u64, event: &AuditEvent) -> Vec<Alert> {
         let time = event.time.as_ref().map_or(0, crate::store::unix_nanos);
         self.newest_denial = self.newest_denial.max(time);
+        let mut keys = vec![
+            (BurstKey::Subject, event.subject.as_str()),
+            (BurstKey::Client, event.client_id.as_str()),
+        ];
+        if event.kind() == EventKind::LoginFailed && LOGIN_FAILURES.contains(&event.reason.as_str())
+        {
+            for key in [BurstKey::Username, BurstKey::Source] {
+                if let Some(value) = event.attributes.get(key.name()) {
+                    keys.push((key, value));
+                }
+            }
+        }
         let mut alerts = Vec::new();
-        for (key, value) in [
-            (BurstKey::Subject, &event.subject),
-            (BurstKey::Client, &event.client_id),
-        ] {
+        for (key, value) in keys {
             if value.is_empty() {
                 continue;
             }
@@ -354,9 +426,13 @@ impl Detectors {
         index: u64,
         id: &str,
     ) -> Option<Alert> {
-        let window = nanos(self.config.denial_burst_window);
-        let count = self.config.denial_burst_count.max(1);
-        let burst = self.bursts.entry((key, value.to_owned())).or_default();
+        let (count, window) = self.burst_limits(key);
+        let count = count.max(1);
+        let entry = (key, value.to_owned());
+        if !self.bursts.contains_key(&entry) && self.bursts.len() >= MAX_BURST_KEYS {
+            self.make_room();
+        }
+        let burst = self.bursts.entry(entry).or_default();
         // Late events go in time order; nearly always this is the end.
         let at = burst
             .denials
@@ -380,20 +456,52 @@ impl Detectors {
             return None;
         }
         burst.last_alert = Some(newest);
-        let mut alert = Alert::bare(Detector::DenialBurst)
+        let mut alert = Alert::bare(key.detector())
             .evidence(burst.denials.iter().map(|(_, i, id)| (*i, id.as_str())))
             .with("key", key.name())
             .with("count", burst.denials.len())
             .with(
                 "window_seconds",
-                self.config.denial_burst_window.as_secs_f64(),
+                Duration::from_nanos(window.unsigned_abs()).as_secs_f64(),
             )
             .with("last_denial_unix_nanos", newest);
         match key {
             BurstKey::Subject => alert.subject = value.to_owned(),
             BurstKey::Client => alert.client_id = value.to_owned(),
+            BurstKey::Username | BurstKey::Source => {
+                alert
+                    .attributes
+                    .insert(key.name().to_owned(), value.to_owned());
+            }
         }
         Some(alert)
+    }
+
+    /// Forgets idle bursts and, if that is not enough, the tenth whose newest denial is
+    /// oldest.
+    fn make_room(&mut self) {
+        self.prune();
+        if self.bursts.len() < MAX_BURST_KEYS - MAX_BURST_KEYS / 10 {
+            return;
+        }
+        let newest = |burst: &Burst| {
+            let denial = burst.denials.back().map_or(i64::MIN, |(t, _, _)| *t);
+            denial.max(burst.last_alert.unwrap_or(i64::MIN))
+        };
+        let mut times: Vec<i64> = self.bursts.values().map(newest).collect();
+        let nth = times.len() / 10;
+        let (_, threshold, _) = times.select_nth_unstable(nth);
+        let threshold = *threshold;
+        self.bursts.retain(|_, burst| newest(burst) > threshold);
+    }
+
+    /// Holds a passed check until its grace is over, unless its token already waits.
+    fn wait(&mut self, mut check: PendingCheck) {
+        if self.pending_tokens.insert(check.event.token_id.clone()) {
+            // The alert names the event's fields, never its attributes.
+            check.event.attributes.clear();
+            self.pending.insert(check.index, check);
+        }
     }
 
     /// Whether some passed check's grace is over.
@@ -410,15 +518,21 @@ impl Detectors {
             .filter(|p| p.due <= now)
             .map(|p| p.index)
             .collect();
-        due.iter()
+        let taken: Vec<PendingCheck> = due
+            .iter()
             .filter_map(|index| self.pending.remove(index))
-            .collect()
+            .collect();
+        for check in &taken {
+            self.pending_tokens.remove(&check.event.token_id);
+        }
+        taken
     }
 
-    /// Puts checks back (their lookup failed); they are decided next time.
+    /// Puts checks back (their lookup failed, or they are restored at start); they are
+    /// decided next time.
     pub fn restore_pending(&mut self, checks: impl IntoIterator<Item = PendingCheck>) {
         for check in checks {
-            self.pending.insert(check.index, check);
+            self.wait(check);
         }
     }
 
@@ -440,30 +554,47 @@ impl Detectors {
         let _ = self.denial(index, event);
     }
 
-    /// Remembers a burst alert logged before a restart, so its window is not alerted again.
+    /// Remembers a burst alert (`denial_burst` or `login_brute_force`) logged before a
+    /// restart, so its window is not alerted again.
     pub fn restore_burst_alert(&mut self, alert: &AuditEvent) {
         let attribute = |k: &str| alert.attributes.get(k).map(String::as_str);
         let Some(last) = attribute("last_denial_unix_nanos").and_then(|t| t.parse().ok()) else {
             return;
         };
-        let (key, value) = match attribute("key") {
-            Some("subject") => (BurstKey::Subject, &alert.subject),
-            Some("client_id") => (BurstKey::Client, &alert.client_id),
-            _ => return,
+        let Some(key) = attribute("key").and_then(BurstKey::parse) else {
+            return;
         };
-        let burst = self.bursts.entry((key, value.clone())).or_default();
+        let value = match key {
+            BurstKey::Subject => alert.subject.clone(),
+            BurstKey::Client => alert.client_id.clone(),
+            BurstKey::Username | BurstKey::Source => match attribute(key.name()) {
+                Some(value) => value.to_owned(),
+                None => return,
+            },
+        };
+        let burst = self.bursts.entry((key, value)).or_default();
         burst.last_alert = Some(burst.last_alert.map_or(last, |l: i64| l.max(last)));
     }
 
-    /// Forgets bursts idle for longer than a window.
+    /// Forgets bursts idle for longer than their window.
     pub fn prune(&mut self) {
-        let horizon = self
-            .newest_denial
-            .saturating_sub(nanos(self.config.denial_burst_window));
-        self.bursts.retain(|_, burst| {
+        let newest = self.newest_denial;
+        let horizon = |window: i64| newest.saturating_sub(window);
+        let denial = horizon(nanos(self.config.denial_burst_window));
+        let login = horizon(nanos(self.config.login_failure_window));
+        self.bursts.retain(|(key, _), burst| {
+            let horizon = match key.detector() {
+                Detector::LoginBruteForce => login,
+                _ => denial,
+            };
             burst.denials.back().is_some_and(|(t, _, _)| *t >= horizon)
                 || burst.last_alert.is_some_and(|t| t >= horizon)
         });
+    }
+
+    /// How many keys bursts are counted for.
+    pub fn burst_keys(&self) -> usize {
+        self.bursts.len()
     }
 
     /// How many passed checks wait out their grace.
@@ -657,13 +788,14 @@ mod tests {
         };
         let entries = [(10, &passed), (11, &issued), (12, &again)];
         assert!(d.observe(&entries, 100 * SECOND).is_empty());
-        assert_eq!(d.pending(), 3);
+        // A token checked twice waits once, from its first check.
+        assert_eq!(d.pending(), 2);
         assert_eq!(d.decided_below(13), 10);
         let grace = nanos(DetectConfig::default().never_issued_grace);
         assert!(!d.has_due(100 * SECOND + grace - 1));
         assert!(d.has_due(100 * SECOND + grace));
         let due = d.take_due(100 * SECOND + grace);
-        assert_eq!(due.len(), 3);
+        assert_eq!(due.len(), 2);
         assert_eq!(d.decided_below(13), 13);
 
         let facts = HashMap::from([(
@@ -690,6 +822,23 @@ mod tests {
             },
         )]);
         assert!(resolve(d.take_due(i64::MAX), &facts).is_empty());
+    }
+
+    #[test]
+    fn a_flood_of_checks_of_one_token_waits_once() {
+        let mut d = detectors();
+        let flood: Vec<AuditEvent> = (1..=10_000)
+            .map(|seq| AuditEvent {
+                token_id: "jti-same".into(),
+                ..check(seq, Decision::Allow, "")
+            })
+            .collect();
+        observe(&mut d, &flood, 0);
+        assert_eq!(d.pending(), 1);
+        assert_eq!(d.take_due(i64::MAX).len(), 1);
+        // Once decided, a later check of the token waits again.
+        observe(&mut d, &flood[..1], 20_000);
+        assert_eq!(d.pending(), 1);
     }
 
     #[test]
@@ -793,6 +942,109 @@ mod tests {
         assert!(observe(&mut again, &[more], 3).is_empty());
     }
 
+    fn failed_login(
+        seq: u64,
+        username: &str,
+        source: &str,
+        reason: &str,
+        second: i64,
+    ) -> AuditEvent {
+        let mut e = event("issuer", seq, EventKind::LoginFailed);
+        e.subject.clear();
+        e.client_id = format!("frontend-{seq}");
+        e.decision = Decision::Deny as i32;
+        e.reason = reason.into();
+        e.attributes.insert("username".into(), username.into());
+        e.attributes.insert("source".into(), source.into());
+        e.time = Some(prost_types::Timestamp {
+            seconds: 1_700_000_000 + second,
+            nanos: 0,
+        });
+        e
+    }
+
+    fn login_config() -> DetectConfig {
+        DetectConfig {
+            login_failure_count: 3,
+            login_failure_window: Duration::from_secs(60),
+            ..DetectConfig::default()
+        }
+    }
+
+    #[test]
+    fn failed_logins_for_one_username_are_a_brute_force() {
+        let mut d = Detectors::new(login_config(), HashMap::new());
+        // Two wrong passwords and one login the issuer's limit refused, from three addresses.
+        let events = [
+            failed_login(1, "alice", "192.0.2.1", "access_denied", 0),
+            failed_login(2, "alice", "192.0.2.2", "access_denied", 10),
+            failed_login(3, "alice", "192.0.2.3", "slow_down", 20),
+        ];
+        let alerts = observe(&mut d, &events, 40);
+        assert_eq!(names(&alerts), ["login_brute_force"]);
+        assert_eq!(alerts[0].attributes["key"], "username");
+        assert_eq!(alerts[0].attributes["username"], "alice");
+        assert_eq!(alerts[0].attributes["indexes"], "40,41,42");
+        assert_eq!(alerts[0].subject, "");
+        // More failures in the same window raise nothing more.
+        let more = [failed_login(4, "alice", "192.0.2.4", "access_denied", 30)];
+        assert!(observe(&mut d, &more, 43).is_empty());
+        // Other refusals of a login (a malformed request, a missing second factor) and
+        // failures spread wider than the window are no brute force.
+        let mut d = Detectors::new(login_config(), HashMap::new());
+        let events = [
+            failed_login(1, "bob", "192.0.2.1", "invalid_request", 0),
+            failed_login(2, "bob", "192.0.2.2", "mfa_required", 1),
+            failed_login(3, "bob", "192.0.2.3", "access_denied", 2),
+            failed_login(4, "bob", "192.0.2.4", "access_denied", 100),
+        ];
+        assert!(observe(&mut d, &events, 0).is_empty());
+    }
+
+    #[test]
+    fn failed_logins_from_one_address_across_usernames_are_a_brute_force() {
+        let mut d = Detectors::new(login_config(), HashMap::new());
+        let events: Vec<AuditEvent> = ["ann", "ben", "cat"]
+            .iter()
+            .zip(1..)
+            .map(|(user, seq)| failed_login(seq, user, "198.51.100.9", "access_denied", 1))
+            .collect();
+        let alerts = observe(&mut d, &events, 0);
+        assert_eq!(names(&alerts), ["login_brute_force"]);
+        assert_eq!(alerts[0].attributes["key"], "source");
+        assert_eq!(alerts[0].attributes["source"], "198.51.100.9");
+    }
+
+    #[test]
+    fn a_restored_brute_force_alert_keeps_its_window_quiet() {
+        let mut first = Detectors::new(login_config(), HashMap::new());
+        let events: Vec<AuditEvent> = (1..=3)
+            .map(|seq| failed_login(seq, "dora", &format!("192.0.2.{seq}"), "access_denied", 1))
+            .collect();
+        let alert = observe(&mut first, &events, 0).remove(0);
+        let logged = alert.into_event("a1".into(), 1, prost_types::Timestamp::default());
+        let mut again = Detectors::new(login_config(), HashMap::from([("issuer".to_owned(), 3)]));
+        for (i, event) in events.iter().enumerate() {
+            again.restore_denial(i as u64, event);
+        }
+        again.restore_burst_alert(&logged);
+        let more = failed_login(4, "dora", "192.0.2.4", "access_denied", 2);
+        assert!(observe(&mut again, &[more], 3).is_empty());
+    }
+
+    #[test]
+    fn a_flood_of_distinct_keys_is_counted_in_bounded_memory() {
+        let mut d = Detectors::new(login_config(), HashMap::new());
+        let flood: Vec<AuditEvent> = (1..=(MAX_BURST_KEYS as u64 + 20_000))
+            .map(|seq| failed_login(seq, &format!("u{seq}"), "", "access_denied", 1))
+            .collect();
+        let entries: Vec<(u64, &AuditEvent)> = (0..).zip(&flood).collect();
+        for chunk in entries.chunks(10_000) {
+            d.observe(chunk, 0);
+            assert!(d.burst_keys() <= MAX_BURST_KEYS);
+        }
+    }
+
     #[test]
     fn idle_bursts_are_forgotten() {
         let mut d = Detectors::new(burst_config(), HashMap::new());
@@ -836,7 +1088,8 @@ mod tests {
                 "never_issued",
                 "wrong_audience",
                 "producer_sequence_gap",
-                "denial_burst"
+                "denial_burst",
+                "login_brute_force"
             ]
         );
     }

@@ -20,8 +20,7 @@ use trias_runtime::access::bearer_of;
 use trias_runtime::tls::{Caller, identity_of};
 
 use crate::auditor::{
-    Auditor, Cursor, DEFAULT_PAGE_SIZE, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, MAX_PAGE_SIZE,
-    checkpoint_message,
+    Auditor, Cursor, DEFAULT_PAGE_SIZE, MAX_APPEND_BYTES, MAX_PAGE_SIZE, checkpoint_message,
 };
 use crate::detect::Alert;
 use crate::error::Error;
@@ -32,6 +31,9 @@ use crate::store::{Filter, Order, unix_nanos};
 pub const AUDIT_ACTION: &str = "audit.query";
 /// Entries read from the database per export step.
 const EXPORT_CHUNK: u64 = 1000;
+/// Entries an export holds ready for a slow reader: with the chunk being read, what one
+/// export stream holds in memory at most (the reading task waits while it is full).
+const EXPORT_BUFFER: usize = 64;
 /// Alerts read from the database per step of a watch.
 const ALERT_PAGE: u32 = 100;
 
@@ -60,9 +62,9 @@ impl AuditorService {
     }
 
     pub fn into_server(self) -> auditor_server::AuditorServer<Self> {
-        // A full batch of maximal events must reach the validation that refuses it by name.
-        let max = MAX_BATCH_EVENTS * (MAX_EVENT_BYTES + 1024);
-        auditor_server::AuditorServer::new(self).max_decoding_message_size(max)
+        // Every request but an append is small; an append carries at most MAX_APPEND_BYTES
+        // of events, each of which validation still checks against MAX_EVENT_BYTES.
+        auditor_server::AuditorServer::new(self).max_decoding_message_size(MAX_APPEND_BYTES)
     }
 }
 
@@ -100,7 +102,15 @@ impl AuditorService {
 
     /// Logs an `access_refused` alert for `caller` and returns the PERMISSION_DENIED to
     /// answer with; if the alert cannot be logged the caller is refused all the same.
+    ///
+    /// A caller past its quota of such alerts (`limits.refusal_alerts_per_caller`) is
+    /// refused all the same, but neither logged nor alerted on: each alert is a commit of
+    /// the sequencer, which a flood of refused calls must not monopolise.
     async fn refuse(&self, caller: &str, rpc: &str, why: &str, subject: &str) -> Status {
+        if !self.auditor.log_refusal_of(caller) {
+            tracing::debug!(caller, rpc, why, "call refused (alert quota spent)");
+            return Error::PermissionDenied(why.to_owned()).into();
+        }
         let alert = Alert::refused(caller, rpc, why, subject);
         if let Err(error) = self.auditor.sequencer().raise(alert).await {
             tracing::error!(%error, caller, rpc, "could not log a refused call");
@@ -392,7 +402,7 @@ impl AuditorApi for AuditorService {
             .auditor
             .export_bounds(request.from_index, request.to_index)?;
         let auditor = self.auditor.clone();
-        let (tx, rx) = mpsc::channel(EXPORT_CHUNK as usize);
+        let (tx, rx) = mpsc::channel(EXPORT_BUFFER);
         tokio::spawn(async move {
             let mut at = from;
             while at < to {

@@ -89,9 +89,13 @@ pub async fn open(config: &AuditorConfig, clock: Arc<dyn Clock>) -> Result<Audit
     }
     let store = store::Store::open(&url).await?;
     let verifier = key.verifier();
-    let sequencer =
-        sequencer::Sequencer::start_with(store.clone(), key, clock, config.detectors.clone())
-            .await?;
+    let sequencer = sequencer::Sequencer::start_with(
+        store.clone(),
+        key,
+        Arc::clone(&clock),
+        config.detectors.clone(),
+    )
+    .await?;
     tracing::info!(verifier = %verifier, "checkpoints are signed by this key");
     let access = match &config.validator_url {
         Some(url) => Some(TokenChecker::new(&transport, url, "auditor")?),
@@ -103,7 +107,8 @@ pub async fn open(config: &AuditorConfig, clock: Arc<dyn Clock>) -> Result<Audit
         }
     };
     let auditor = Auditor::new(store, sequencer, verifier, config.producers.iter().cloned())
-        .with_transport(transport);
+        .with_transport(transport)
+        .with_refusal_alerts(config.limits.refusal_alerts_per_caller, clock);
     Ok(match access {
         Some(checker) => auditor.with_access(checker),
         None => auditor,

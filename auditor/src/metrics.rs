@@ -1,7 +1,7 @@
 //! The auditor's Prometheus metrics (see `trias_runtime::metrics`): append latency, entries
-//! appended by producer, alerts by kind and the log's size.
+//! appended by producer, alerts by kind, the log's size and refusals left unlogged.
 
-use trias_runtime::metrics::{Gauge, Histogram, LATENCY_BUCKETS, Registry};
+use trias_runtime::metrics::{Counter, Gauge, Histogram, LATENCY_BUCKETS, Registry};
 
 use crate::sequencer::Counts;
 
@@ -13,6 +13,9 @@ pub struct Metrics {
     pub append_seconds: Histogram,
     /// Entries in the log; set before each scrape from the latest checkpoint.
     pub log_size: Gauge,
+    /// Refused calls not logged as `access_refused` alerts: their caller had had its
+    /// quota (`limits.refusal_alerts_per_caller`).
+    pub refusals_unlogged: Counter,
 }
 
 impl Metrics {
@@ -36,10 +39,15 @@ impl Metrics {
             &counts.alerts,
         );
         let log_size = registry.gauge("trias_log_size", "Entries in the audit log.");
+        let refusals_unlogged = registry.counter(
+            "trias_refusals_unlogged_total",
+            "Refused calls not logged as access_refused alerts, their caller being over its quota.",
+        );
         Metrics {
             registry,
             append_seconds,
             log_size,
+            refusals_unlogged,
         }
     }
 }

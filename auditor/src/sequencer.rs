@@ -200,7 +200,11 @@ pub async fn load_detectors(
     config: DetectConfig,
     now: i64,
 ) -> Result<Detectors, StoreError> {
-    let window = i64::try_from(config.denial_burst_window.as_nanos()).unwrap_or(i64::MAX);
+    let window = config
+        .denial_burst_window
+        .max(config.login_failure_window)
+        .as_nanos();
+    let window = i64::try_from(window).unwrap_or(i64::MAX);
     let grace = i64::try_from(config.never_issued_grace.as_nanos()).unwrap_or(i64::MAX);
     let mut detectors = Detectors::new(config, store.producers().await?);
 
@@ -244,17 +248,19 @@ pub async fn load_detectors(
             detectors.restore_denial(index, &event);
         }
     }
-    let bursts = recent(Filter {
-        kinds: vec![EventKind::Alert as i32],
-        reason: Some(Detector::DenialBurst.name().to_owned()),
-        ..Filter::default()
-    });
-    for (_, leaf) in store
-        .query(&bursts, Order::NewestFirst, None, RESTORED_DENIALS)
-        .await?
-    {
-        if let Ok(alert) = AuditEvent::decode(leaf.as_slice()) {
-            detectors.restore_burst_alert(&alert);
+    for detector in [Detector::DenialBurst, Detector::LoginBruteForce] {
+        let bursts = recent(Filter {
+            kinds: vec![EventKind::Alert as i32],
+            reason: Some(detector.name().to_owned()),
+            ..Filter::default()
+        });
+        for (_, leaf) in store
+            .query(&bursts, Order::NewestFirst, None, RESTORED_DENIALS)
+            .await?
+        {
+            if let Ok(alert) = AuditEvent::decode(leaf.as_slice()) {
+                detectors.restore_burst_alert(&alert);
+            }
         }
     }
     Ok(detectors)

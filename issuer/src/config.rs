@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use trias_runtime::config::duration;
+use trias_runtime::limit::Quota;
 use trias_runtime::secret::Secret;
 use trias_runtime::tls::TlsFiles;
 
@@ -59,6 +60,9 @@ pub struct IssuerConfig {
     pub admin_audience: String,
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Rate limits on the token endpoint and logins.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Mutual TLS for every gRPC connection, served and made (required unless
     /// `dev_plaintext`): the CA, this service's certificate and its owner-only key.
     #[serde(default)]
@@ -100,6 +104,51 @@ impl Default for AuditConfig {
             auditor_url: None,
         }
     }
+}
+
+/// The rate limits (`[limits]`); each is `"<count>/<window>"` or `"off"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Token requests per authenticated client (gRPC `Token`, `POST /oauth2/token`); off by
+    /// default: the issuer's own capacity bounds a service client.
+    #[serde(default = "default_token_per_client")]
+    pub token_per_client: Quota,
+    /// Failed logins (wrong password or one-time code) per username, known or not; once
+    /// spent, logins for that username are refused, the right password included.
+    #[serde(default = "default_failed_logins_per_user")]
+    pub failed_logins_per_user: Quota,
+    /// Failed logins at the login page and failed client authentications (token and
+    /// revocation endpoints) per source address; once spent, that address is refused.
+    #[serde(default = "default_failures_per_source")]
+    pub failures_per_source: Quota,
+    /// Keys (clients, usernames, addresses) each limit tracks at most.
+    #[serde(default = "default_tracked_keys")]
+    pub tracked_keys: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            token_per_client: default_token_per_client(),
+            failed_logins_per_user: default_failed_logins_per_user(),
+            failures_per_source: default_failures_per_source(),
+            tracked_keys: default_tracked_keys(),
+        }
+    }
+}
+
+fn default_token_per_client() -> Quota {
+    Quota::OFF
+}
+fn default_failed_logins_per_user() -> Quota {
+    Quota::new(10, Duration::from_secs(300))
+}
+fn default_failures_per_source() -> Quota {
+    Quota::new(100, Duration::from_secs(300))
+}
+fn default_tracked_keys() -> usize {
+    100_000
 }
 
 fn default_validators() -> Vec<String> {
@@ -183,6 +232,12 @@ impl IssuerConfig {
                 ));
             }
         }
+        if !(16..=10_000_000).contains(&self.limits.tracked_keys) {
+            return Err((
+                "limits.tracked_keys",
+                "must be between 16 and 10000000".into(),
+            ));
+        }
         if let Some(url) = &self.audit.auditor_url {
             trias_runtime::shipper::check_auditor_url(url).map_err(|e| ("audit.auditor_url", e))?;
         }
@@ -254,6 +309,40 @@ mod tests {
             error.contains("access_token_ttl") && error.contains("at most 1h"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn limits_have_defaults_and_read_as_count_per_window() {
+        let env = BTreeMap::from([
+            ("TRIAS_ISSUER_POLICY".to_owned(), "p.toml".to_owned()),
+            (
+                "TRIAS_ISSUER_LIMITS__TOKEN_PER_CLIENT".to_owned(),
+                "50/1s".to_owned(),
+            ),
+            (
+                "TRIAS_ISSUER_LIMITS__FAILURES_PER_SOURCE".to_owned(),
+                "off".to_owned(),
+            ),
+        ]);
+        let config = IssuerConfig::load(None, &env).unwrap();
+        assert_eq!(
+            config.limits.token_per_client,
+            Quota::new(50, Duration::from_secs(1))
+        );
+        assert!(config.limits.failures_per_source.is_off());
+        assert_eq!(
+            config.limits.failed_logins_per_user,
+            Quota::new(10, Duration::from_secs(300))
+        );
+        let env = BTreeMap::from([
+            ("TRIAS_ISSUER_POLICY".to_owned(), "p.toml".to_owned()),
+            (
+                "TRIAS_ISSUER_LIMITS__FAILED_LOGINS_PER_USER".to_owned(),
+                "ten".to_owned(),
+            ),
+        ]);
+        let error = IssuerConfig::load(None, &env).unwrap_err().to_string();
+        assert!(error.contains("failed_logins_per_user"), "{error}");
     }
 
     #[test]

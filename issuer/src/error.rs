@@ -46,9 +46,43 @@ pub enum Error {
     /// A service the issuer depends on for this call (the validator) cannot be asked.
     #[error("{0}")]
     Unavailable(String),
+    /// A rate limit refused the request; it may be retried after `retry_after` seconds.
+    #[error("{}; retry after {retry_after} s", limit.message())]
+    SlowDown { limit: Limit, retry_after: u64 },
     /// The string is for the log only; the caller sees "internal error".
     #[error("internal error")]
     Internal(String),
+}
+
+/// Which rate limit refused a request (`[limits]` in the issuer's configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// `limits.token_per_client`: token requests of one authenticated client.
+    TokenPerClient,
+    /// `limits.failed_logins_per_user`: failed logins for one username.
+    FailedLoginsPerUser,
+    /// `limits.failures_per_source`: failed logins and client authentications from one
+    /// source address.
+    FailuresPerSource,
+}
+
+impl Limit {
+    /// The configuration key, which the audit event names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Limit::TokenPerClient => "token_per_client",
+            Limit::FailedLoginsPerUser => "failed_logins_per_user",
+            Limit::FailuresPerSource => "failures_per_source",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Limit::TokenPerClient => "too many token requests from this client",
+            Limit::FailedLoginsPerUser => "too many failed logins for this user",
+            Limit::FailuresPerSource => "too many failed attempts from this address",
+        }
+    }
 }
 
 impl Error {
@@ -71,7 +105,18 @@ impl Error {
             Error::InsufficientScope(_) => "insufficient_scope",
             Error::MfaRequired => "mfa_required",
             Error::AuditUnavailable | Error::Unavailable(_) => "temporarily_unavailable",
+            // RFC 8628 §3.5 registers it for a client that polls too fast; a rate limit is
+            // the same request to slow down.
+            Error::SlowDown { .. } => "slow_down",
             Error::Internal(_) => "server_error",
+        }
+    }
+
+    /// For a rate-limited request, the seconds after which it may be retried.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Error::SlowDown { retry_after, .. } => Some(*retry_after),
+            _ => None,
         }
     }
 
@@ -83,6 +128,7 @@ impl Error {
             Error::NotFound(_) => 404,
             Error::AlreadyExists(_) => 409,
             Error::AuditUnavailable | Error::Unavailable(_) => 503,
+            Error::SlowDown { .. } => 429,
             Error::Internal(_) => 500,
             _ => 400,
         }
@@ -107,6 +153,7 @@ impl Error {
             Error::NotFound(_) => Code::NotFound,
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::AuditUnavailable | Error::Unavailable(_) => Code::Unavailable,
+            Error::SlowDown { .. } => Code::ResourceExhausted,
             Error::Internal(_) => Code::Internal,
         }
     }
@@ -122,7 +169,11 @@ impl From<Error> for tonic::Status {
         }
         let message = error.to_string();
         let metadata = HashMap::from([("error_description".to_owned(), message.clone())]);
-        let details = ErrorDetails::with_error_info(error.oauth_code(), ERROR_DOMAIN, metadata);
+        let mut details = ErrorDetails::with_error_info(error.oauth_code(), ERROR_DOMAIN, metadata);
+        if let Some(seconds) = error.retry_after() {
+            // google.rpc.RetryInfo: the gRPC form of HTTP's Retry-After.
+            details.set_retry_info(Some(std::time::Duration::from_secs(seconds)));
+        }
         tonic::Status::with_error_details(error.grpc_code(), message, details)
     }
 }
@@ -136,5 +187,37 @@ impl From<crate::store::StoreError> for Error {
             StoreError::Database(e) => Error::Internal(format!("database: {e}")),
             StoreError::Corrupt(what) => Error::Internal(format!("corrupt row: {what}")),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_limited_request_is_slow_down_with_its_wait() {
+        let error = Error::SlowDown {
+            limit: Limit::FailedLoginsPerUser,
+            retry_after: 30,
+        };
+        assert_eq!(error.oauth_code(), "slow_down");
+        assert_eq!(error.http_status(), 429);
+        assert_eq!(error.retry_after(), Some(30));
+        assert_eq!(
+            error.to_string(),
+            "too many failed logins for this user; retry after 30 s"
+        );
+        let status = tonic::Status::from(error);
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status.get_error_details().error_info().unwrap().reason,
+            "slow_down"
+        );
+        assert_eq!(
+            status.get_details_retry_info().unwrap().retry_delay,
+            Some(std::time::Duration::from_secs(30))
+        );
+        assert_eq!(Error::InvalidClient.retry_after(), None);
     }
 }

@@ -172,6 +172,7 @@ impl issuer_server::Issuer for IssuerService {
         &self,
         request: Request<pb::TokenRequest>,
     ) -> Result<Response<pb::TokenResponse>, Status> {
+        let source = request.remote_addr().map(|addr| addr.ip());
         let r = request.into_inner();
         let grant_type = match grant_from_pb(r.grant_type) {
             Ok(grant) => grant.as_str().to_owned(),
@@ -190,6 +191,7 @@ impl issuer_server::Issuer for IssuerService {
                 code_verifier: some(r.code_verifier),
                 redirect_uri: some(r.redirect_uri),
                 refresh_token: some(r.refresh_token),
+                source,
             })
             .await?;
         Ok(Response::new(pb::TokenResponse {
@@ -221,6 +223,9 @@ impl issuer_server::Issuer for IssuerService {
                 username: r.username,
                 password: r.password,
                 totp: some(r.totp),
+                // The peer is the frontend, relaying every user's login: not the user's
+                // address, so not limited per source (the per-username limit applies).
+                source: None,
             })
             .await?;
         Ok(Response::new(pb::LoginResponse {
@@ -236,6 +241,7 @@ impl issuer_server::Issuer for IssuerService {
         &self,
         request: Request<pb::RevokeRequest>,
     ) -> Result<Response<pb::RevokeResponse>, Status> {
+        let source = request.remote_addr().map(|addr| addr.ip());
         let r = request.into_inner();
         self.issuer
             .revoke(
@@ -243,6 +249,7 @@ impl issuer_server::Issuer for IssuerService {
                 some(r.client_secret).as_deref(),
                 &r.token,
                 some(r.token_type_hint).as_deref(),
+                source,
             )
             .await?;
         Ok(Response::new(pb::RevokeResponse {}))

@@ -4,10 +4,12 @@
 //! errors are RFC 6749 §5.2 JSON with the matching HTTP status.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,10 +20,13 @@ use crate::error::Error;
 use crate::issuer::{Issuer, TokenInput};
 use crate::keys::jwks_json;
 
-/// Largest accepted request body: an OAuth form is a few hundred bytes.
-const MAX_BODY: usize = 16 * 1024;
+/// Largest accepted request body: an OAuth form is a few hundred bytes. A larger one is
+/// refused 413 before it is read whole.
+pub const MAX_BODY: usize = 16 * 1024;
 
-/// The HTTP router; serve it with `axum::serve`.
+/// The HTTP router; serve it with `axum::serve` and
+/// `into_make_service_with_connect_info::<SocketAddr>()`, so that the per-source limits
+/// know each request's address (without it they see none, and do not apply).
 pub fn router(issuer: Issuer) -> Router {
     Router::new()
         .route("/oauth2/token", post(token))
@@ -32,6 +37,33 @@ pub fn router(issuer: Issuer) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(trias_runtime::trace::http_span))
         .with_state(issuer)
+}
+
+/// The address a request came from: the peer of its connection, if the router was served
+/// with connect info.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Source(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Source {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Source(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(addr)| addr.ip()),
+        ))
+    }
+}
+
+/// The `Retry-After` header of a response to a rate-limited request (RFC 9110 §10.2.3).
+pub(crate) fn retry_after(response: &mut Response, error: &Error) {
+    if let Some(seconds) = error.retry_after()
+        && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
 }
 
 /// An OAuth error response; `basic` adds the challenge RFC 6749 §5.2 asks for when the client
@@ -59,6 +91,7 @@ impl IntoResponse for OAuthError {
             StatusCode::from_u16(self.error.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
         let body = json!({ "error": self.error.oauth_code(), "error_description": self.error.to_string() });
         let mut response = (status, no_store(), axum::Json(body)).into_response();
+        retry_after(&mut response, &self.error);
         if self.basic && status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -174,18 +207,23 @@ fn client_credentials(
     Ok((id, Some(secret), true))
 }
 
-async fn token(State(issuer): State<Issuer>, headers: HeaderMap, body: Bytes) -> Response {
+async fn token(
+    State(issuer): State<Issuer>,
+    Source(source): Source,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let mut basic = headers.contains_key(header::AUTHORIZATION);
     let result = async {
         let mut form = match Form::parse(&headers, &body) {
             Ok(form) => form,
-            Err(error) => return Err(issuer.refuse_token("", "", error).await),
+            Err(error) => return Err(issuer.refuse_token("", "", source, error).await),
         };
         let (client_id, client_secret, used_basic) = match client_credentials(&headers, &mut form) {
             Ok(credentials) => credentials,
             Err(error) => {
                 let grant = form.take("grant_type").unwrap_or_default();
-                return Err(issuer.refuse_token("", &grant, error).await);
+                return Err(issuer.refuse_token("", &grant, source, error).await);
             }
         };
         basic = used_basic;
@@ -199,6 +237,7 @@ async fn token(State(issuer): State<Issuer>, headers: HeaderMap, body: Bytes) ->
             code_verifier: form.take("code_verifier"),
             redirect_uri: form.take("redirect_uri"),
             refresh_token: form.take("refresh_token"),
+            source,
         };
         issuer.token(input).await
     }
@@ -220,16 +259,21 @@ async fn token(State(issuer): State<Issuer>, headers: HeaderMap, body: Bytes) ->
     }
 }
 
-async fn revoke(State(issuer): State<Issuer>, headers: HeaderMap, body: Bytes) -> Response {
+async fn revoke(
+    State(issuer): State<Issuer>,
+    Source(source): Source,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let mut basic = headers.contains_key(header::AUTHORIZATION);
     let result = async {
         let mut form = match Form::parse(&headers, &body) {
             Ok(form) => form,
-            Err(error) => return Err(issuer.refuse_revocation("", error).await),
+            Err(error) => return Err(issuer.refuse_revocation("", source, error).await),
         };
         let (client_id, client_secret, used_basic) = match client_credentials(&headers, &mut form) {
             Ok(credentials) => credentials,
-            Err(error) => return Err(issuer.refuse_revocation("", error).await),
+            Err(error) => return Err(issuer.refuse_revocation("", source, error).await),
         };
         basic = used_basic;
         let token = form.take("token").unwrap_or_default();
@@ -240,6 +284,7 @@ async fn revoke(State(issuer): State<Issuer>, headers: HeaderMap, body: Bytes) -
                 client_secret.as_deref(),
                 &token,
                 hint.as_deref(),
+                source,
             )
             .await
     }

@@ -7,6 +7,7 @@
 //! signed, so in strict mode no token exists that the record does not show.
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use trias_runtime::access::TokenChecker;
@@ -18,9 +19,11 @@ use trias_policy::{Acr, GrantType, Policy, RoleError, ScopeError};
 use trias_proto::v1::{Decision, EventKind, Reason};
 use trias_runtime::clock::{Clock, unix_seconds};
 use trias_runtime::event::EventDraft;
+use trias_runtime::limit::{Limited, RateLimiter, source_key};
 use trias_runtime::outbox::Outbox;
 
-use crate::error::Error;
+use crate::config::LimitsConfig;
+use crate::error::{Error, Limit};
 use crate::keys::{AccessClaims, KeyAlgorithm, Keyring, SigningKey};
 use crate::secrets;
 use crate::store::{
@@ -57,6 +60,8 @@ pub struct Settings {
     pub validators: Vec<String>,
     /// The validator that decides admin tokens; without one the admin API refuses all calls.
     pub admin_check: Option<TokenChecker>,
+    /// The rate limits on the token endpoint and logins.
+    pub limits: LimitsConfig,
 }
 
 impl Default for Settings {
@@ -75,6 +80,7 @@ impl Default for Settings {
             transport: Transport::plaintext(),
             validators: vec![identity_of("validator")],
             admin_check: None,
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -91,6 +97,9 @@ pub struct TokenInput {
     pub code_verifier: Option<String>,
     pub redirect_uri: Option<String>,
     pub refresh_token: Option<String>,
+    /// The address the request came from (the peer of the connection), for the per-source
+    /// limit on failed client authentication; `None` when unknown.
+    pub source: Option<IpAddr>,
 }
 
 impl std::fmt::Debug for TokenInput {
@@ -100,6 +109,7 @@ impl std::fmt::Debug for TokenInput {
             .field("client_id", &self.client_id)
             .field("scope", &self.scope)
             .field("resource", &self.resource)
+            .field("source", &self.source)
             .finish_non_exhaustive()
     }
 }
@@ -137,6 +147,10 @@ pub struct LoginInput {
     pub username: String,
     pub password: String,
     pub totp: Option<String>,
+    /// The user's address, when the issuer sees it (the login page: the browser's); it
+    /// counts towards the per-source limit on failures. `None` for a frontend's gRPC `Login`,
+    /// whose peer is the frontend relaying every user's login.
+    pub source: Option<IpAddr>,
 }
 
 impl std::fmt::Debug for LoginInput {
@@ -144,6 +158,7 @@ impl std::fmt::Debug for LoginInput {
         f.debug_struct("LoginInput")
             .field("client_id", &self.client_id)
             .field("username", &self.username)
+            .field("source", &self.source)
             .finish_non_exhaustive()
     }
 }
@@ -256,6 +271,34 @@ struct Inner {
     /// The newest revocation sequence number this process wrote; wakes feed subscribers.
     revoked: watch::Sender<i64>,
     metrics: crate::metrics::Metrics,
+    limits: Limiters,
+}
+
+/// The issuer's rate limiters, one per `[limits]` key.
+#[derive(Debug)]
+struct Limiters {
+    token_per_client: RateLimiter,
+    failed_logins_per_user: RateLimiter,
+    failures_per_source: RateLimiter,
+}
+
+impl Limiters {
+    fn new(config: &LimitsConfig) -> Limiters {
+        let limiter = |quota| RateLimiter::new(quota, config.tracked_keys);
+        Limiters {
+            token_per_client: limiter(config.token_per_client),
+            failed_logins_per_user: limiter(config.failed_logins_per_user),
+            failures_per_source: limiter(config.failures_per_source),
+        }
+    }
+}
+
+/// The error of a request a limit refused.
+fn slow_down(limit: Limit) -> impl FnOnce(Limited) -> Error {
+    move |limited| Error::SlowDown {
+        limit,
+        retry_after: limited.retry_after_secs(),
+    }
 }
 
 fn field<'a>(name: &str, value: &'a str, max: usize) -> Result<&'a str, Error> {
@@ -315,6 +358,7 @@ impl Issuer {
         let now = unix_seconds(clock.now());
         let keys = Keyring::open(store.clone(), &rng, settings.key_algorithm, now).await?;
         let (revoked, _) = watch::channel(0);
+        let limits = Limiters::new(&settings.limits);
         Ok(Issuer {
             inner: Arc::new(Inner {
                 store,
@@ -326,6 +370,7 @@ impl Issuer {
                 settings,
                 revoked,
                 metrics: crate::metrics::Metrics::new(),
+                limits,
             }),
         })
     }
@@ -391,6 +436,22 @@ impl Issuer {
         self.record_refusal(draft).await;
     }
 
+    /// Adds what the issuer knows of a refused request's origin to its audit event — the
+    /// source address — and for a rate-limited request the limit and the wait (and counts
+    /// it in `trias_rate_limited_total`).
+    fn annotate(&self, mut draft: EventDraft, source: Option<IpAddr>, error: &Error) -> EventDraft {
+        if let Some(source) = source {
+            draft = draft.attribute("source", source.to_string());
+        }
+        if let Error::SlowDown { limit, retry_after } = error {
+            self.inner.metrics.rate_limited.with(&[limit.name()]).inc();
+            draft = draft
+                .attribute("limit", limit.name())
+                .attribute("retry_after", retry_after.to_string());
+        }
+        draft
+    }
+
     /// Records a refusal; the refusal itself is the answer, so a failing outbox only logs.
     async fn record_refusal(&self, draft: EventDraft) {
         if let Err(e) = self.inner.outbox.record(draft).await {
@@ -445,6 +506,28 @@ impl Issuer {
             (None, Some("")) if client.public => Ok(client),
             _ => Err(Error::InvalidClient),
         }
+    }
+
+    /// Client authentication under the per-source limit on failures: a source that failed
+    /// too often is refused before anything is looked up, and each failure counts.
+    async fn authenticate_from(
+        &self,
+        client_id: &str,
+        secret: Option<&str>,
+        source: Option<IpAddr>,
+    ) -> Result<ClientRecord, Error> {
+        let limiter = &self.inner.limits.failures_per_source;
+        let source = source.map(source_key);
+        if let Some(key) = &source {
+            limiter
+                .check(key, self.inner.clock.now())
+                .map_err(slow_down(Limit::FailuresPerSource))?;
+        }
+        let result = self.authenticate_client(client_id, secret).await;
+        if let (Err(Error::InvalidClient), Some(key)) = (&result, &source) {
+            limiter.charge(key, self.inner.clock.now());
+        }
+        result
     }
 
     /// The audience a token is for: the RFC 8707 resource, else the policy's default.
@@ -571,6 +654,7 @@ impl Issuer {
     pub async fn token(&self, input: TokenInput) -> Result<Issued, Error> {
         let grant = input.grant_type.clone();
         let client_id = input.client_id.clone();
+        let source = input.source;
         // Parsed, so the label and the field are always one of the closed set of grant names.
         let name = grant
             .parse::<GrantType>()
@@ -587,26 +671,33 @@ impl Issuer {
             Err(error) => {
                 span.record("decision", "deny");
                 span.record("error", error.oauth_code());
-                Err(self.refuse_token(&client_id, &grant, error).await)
+                Err(self.refuse_token(&client_id, &grant, source, error).await)
             }
         }
     }
 
     /// Records a refused token request (also one refused before it reached [`Issuer::token`],
     /// such as a malformed HTTP form) and hands the error back.
-    pub async fn refuse_token(&self, client_id: &str, grant_type: &str, error: Error) -> Error {
+    pub async fn refuse_token(
+        &self,
+        client_id: &str,
+        grant_type: &str,
+        source: Option<IpAddr>,
+        error: Error,
+    ) -> Error {
         let code = error.oauth_code();
         self.inner
             .metrics
             .token_requests_refused
             .with(&[code])
             .inc();
-        let mut draft = EventDraft::new(EventKind::TokenRefused)
+        let draft = EventDraft::new(EventKind::TokenRefused)
             .client_id(truncate(client_id))
             .decision(Decision::Deny)
             .reason(error.oauth_code())
             .attribute("grant_type", truncate(grant_type))
             .attribute("detail", error.to_string());
+        let mut draft = self.annotate(draft, source, &error);
         if matches!(error, Error::AuditUnavailable) {
             draft = draft.attribute("strict", "true");
         }
@@ -615,13 +706,19 @@ impl Issuer {
     }
 
     /// Records a refused revocation request and hands the error back.
-    pub async fn refuse_revocation(&self, client_id: &str, error: Error) -> Error {
+    pub async fn refuse_revocation(
+        &self,
+        client_id: &str,
+        source: Option<IpAddr>,
+        error: Error,
+    ) -> Error {
         let draft = EventDraft::new(EventKind::TokenRevoked)
             .client_id(truncate(client_id))
             .decision(Decision::Deny)
             .reason(error.oauth_code())
             .attribute("detail", error.to_string());
-        self.record_refusal(draft).await;
+        self.record_refusal(self.annotate(draft, source, &error))
+            .await;
         error
     }
 
@@ -633,8 +730,17 @@ impl Issuer {
                 .map_err(|_| Error::UnsupportedGrantType(truncate(other)))?,
         };
         let client = self
-            .authenticate_client(&input.client_id, input.client_secret.as_deref())
+            .authenticate_from(
+                &input.client_id,
+                input.client_secret.as_deref(),
+                input.source,
+            )
             .await?;
+        self.inner
+            .limits
+            .token_per_client
+            .acquire(&client.client_id, self.inner.clock.now())
+            .map_err(slow_down(Limit::TokenPerClient))?;
         if !client.grant_types.contains(&grant) {
             return Err(Error::UnauthorizedClient(format!(
                 "client may not use the {} grant",
@@ -993,9 +1099,14 @@ impl Issuer {
     // ----- login -----
 
     /// Authenticates a user for a client and returns a single-use authorization code.
+    ///
+    /// Failed logins are limited per username and (when the user's address is known) per
+    /// source: past the limit a login is refused `slow_down` before the password is looked
+    /// at, and every failure is an audit event naming the username, never the password.
     pub async fn login(&self, input: LoginInput) -> Result<LoginOutcome, Error> {
         let client_id = input.client_id.clone();
         let username = input.username.clone();
+        let source = input.source;
         match self.login_inner(input).await {
             Ok((outcome, user_id)) => {
                 let draft = EventDraft::new(EventKind::LoginSucceeded)
@@ -1007,15 +1118,44 @@ impl Issuer {
                 Ok(outcome)
             }
             Err(error) => {
+                if matches!(error, Error::LoginFailed) {
+                    self.count_failed_login(&username, source);
+                }
                 let draft = EventDraft::new(EventKind::LoginFailed)
                     .client_id(truncate(&client_id))
                     .decision(Decision::Deny)
                     .reason(error.oauth_code())
                     .attribute("username", truncate(&username))
                     .attribute("detail", error.to_string());
-                self.record_refusal(draft).await;
+                self.record_refusal(self.annotate(draft, source, &error))
+                    .await;
                 Err(error)
             }
+        }
+    }
+
+    /// Refuses a login whose username or source has no failures left.
+    fn check_login_limits(&self, username: &str, source: Option<IpAddr>) -> Result<(), Error> {
+        let (limits, now) = (&self.inner.limits, self.inner.clock.now());
+        limits
+            .failed_logins_per_user
+            .check(username, now)
+            .map_err(slow_down(Limit::FailedLoginsPerUser))?;
+        if let Some(source) = source {
+            limits
+                .failures_per_source
+                .check(&source_key(source), now)
+                .map_err(slow_down(Limit::FailuresPerSource))?;
+        }
+        Ok(())
+    }
+
+    /// Counts a wrong password or one-time code against the username and the source.
+    fn count_failed_login(&self, username: &str, source: Option<IpAddr>) {
+        let (limits, now) = (&self.inner.limits, self.inner.clock.now());
+        limits.failed_logins_per_user.charge(username, now);
+        if let Some(source) = source {
+            limits.failures_per_source.charge(&source_key(source), now);
         }
     }
 
@@ -1088,6 +1228,7 @@ impl Issuer {
         let audience = self.resolve_audience(input.resource.as_deref())?;
         let username = required("username", Some(&input.username))?;
         field("password", &input.password, 1024)?;
+        self.check_login_limits(username, input.source)?;
         let user = self.inner.store.user_by_name(username).await?;
         // Verify against a dummy hash for unknown users so timing does not reveal who exists.
         let stored = user
@@ -1162,19 +1303,22 @@ impl Issuer {
 
     /// RFC 7009: a client revokes one of its refresh tokens (the whole family) or access
     /// tokens (by jti). Tokens the issuer does not know are not an error.
+    /// `source` is the requester's address, for the per-source limit on failed client
+    /// authentication.
     pub async fn revoke(
         &self,
         client_id: &str,
         client_secret: Option<&str>,
         token: &str,
         hint: Option<&str>,
+        source: Option<IpAddr>,
     ) -> Result<(), Error> {
         match self
-            .revoke_inner(client_id, client_secret, token, hint)
+            .revoke_inner(client_id, client_secret, token, hint, source)
             .await
         {
             Ok(()) => Ok(()),
-            Err(error) => Err(self.refuse_revocation(client_id, error).await),
+            Err(error) => Err(self.refuse_revocation(client_id, source, error).await),
         }
     }
 
@@ -1184,8 +1328,11 @@ impl Issuer {
         client_secret: Option<&str>,
         token: &str,
         hint: Option<&str>,
+        source: Option<IpAddr>,
     ) -> Result<(), Error> {
-        let client = self.authenticate_client(client_id, client_secret).await?;
+        let client = self
+            .authenticate_from(client_id, client_secret, source)
+            .await?;
         if token.is_empty() {
             return Err(Error::InvalidRequest("token is required".into()));
         }

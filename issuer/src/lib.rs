@@ -97,6 +97,7 @@ pub async fn open(config: &IssuerConfig, clock: Arc<dyn Clock>) -> Result<Issuer
         },
         transport,
         validators: config.validators.clone(),
+        limits: config.limits.clone(),
     };
     Ok(Issuer::new(store, policy, outbox, clock, settings).await?)
 }
@@ -230,8 +231,11 @@ pub async fn serve(
     let http = axum::serve::ListenerExt::tap_io(http, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let http_server = axum::serve(http, http::router(issuer.clone()))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let http_server = axum::serve(
+        http,
+        http::router(issuer.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(stopped(stop_rx.clone()));
     let settings = issuer.settings();
     let shipper = ShipperHandle::start(
         issuer.outbox(),

@@ -20,7 +20,7 @@ use ring::rand::SystemRandom;
 use trias_policy::Acr;
 
 use crate::error::Error;
-use crate::http::Form;
+use crate::http::{Form, Source};
 use crate::issuer::{Issuer, LoginInput, MAX_FIELD_LEN};
 use crate::secrets;
 use crate::store::ClientRecord;
@@ -194,7 +194,12 @@ async fn show(State(issuer): State<Issuer>, uri: Uri) -> Response {
     }
 }
 
-async fn submit(State(issuer): State<Issuer>, headers: HeaderMap, body: Bytes) -> Response {
+async fn submit(
+    State(issuer): State<Issuer>,
+    Source(source): Source,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let mut form = match Form::parse(&headers, &body) {
         Ok(form) => form,
         Err(error) => return refusal_page(&error),
@@ -252,6 +257,7 @@ async fn submit(State(issuer): State<Issuer>, headers: HeaderMap, body: Bytes) -
         username: username.clone(),
         password,
         totp,
+        source,
     };
     match issuer.login(input).await {
         Ok(outcome) => {
@@ -266,8 +272,29 @@ async fn submit(State(issuer): State<Issuer>, headers: HeaderMap, body: Bytes) -
         // check, so saying so would confirm the password.
         Err(Error::LoginFailed) => retry(StatusCode::UNAUTHORIZED, acr >= Acr::Mfa, LOGIN_FAILED),
         Err(Error::MfaRequired) => retry(StatusCode::UNAUTHORIZED, true, LOGIN_FAILED),
+        // Too many failures for this username or from this address: the form again, to be
+        // tried later; the client gets no error, since the user may still sign in.
+        Err(error @ Error::SlowDown { .. }) => {
+            let seconds = error.retry_after().unwrap_or(1);
+            let message = format!(
+                "Too many failed sign-in attempts. Try again in {}.",
+                wait(seconds)
+            );
+            let mut response = retry(StatusCode::TOO_MANY_REQUESTS, acr >= Acr::Mfa, &message);
+            crate::http::retry_after(&mut response, &error);
+            response
+        }
         Err(error @ Error::InvalidClient) => refusal_page(&error),
         Err(error) => redirect_error(&issuer, &request, &error),
+    }
+}
+
+/// A wait as people read it: seconds up to two minutes, then minutes (rounded up).
+fn wait(seconds: u64) -> String {
+    match seconds {
+        1 => "1 second".to_owned(),
+        s if s <= 120 => format!("{s} seconds"),
+        s => format!("{} minutes", s.div_ceil(60)),
     }
 }
 
@@ -485,6 +512,13 @@ mod tests {
             escape(r#""><script>alert('x')</script>&"#),
             "&quot;&gt;&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;"
         );
+    }
+
+    #[test]
+    fn waits_read_in_seconds_then_minutes() {
+        assert_eq!(wait(1), "1 second");
+        assert_eq!(wait(30), "30 seconds");
+        assert_eq!(wait(121), "3 minutes");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The issuer's Prometheus metrics (see `trias_runtime::metrics`): tokens issued by grant,
-//! token requests refused by OAuth error, and its audit outbox.
+//! token requests refused by OAuth error, requests refused by a rate limit, and its audit
+//! outbox.
 
 use trias_runtime::metrics::{Counter, Family, OutboxGauges, Registry};
 
@@ -11,6 +12,8 @@ pub struct Metrics {
     pub tokens_issued: Family<Counter>,
     /// By `error` (the OAuth error code).
     pub token_requests_refused: Family<Counter>,
+    /// By `limit` (the `[limits]` key that refused: token, login and revocation requests).
+    pub rate_limited: Family<Counter>,
     pub outbox: OutboxGauges,
 }
 
@@ -28,6 +31,11 @@ impl Metrics {
                 "trias_token_requests_refused_total",
                 "Token requests refused, by OAuth error code.",
                 &["error"],
+            ),
+            rate_limited: registry.counter_family(
+                "trias_rate_limited_total",
+                "Requests refused by a rate limit, by limit.",
+                &["limit"],
             ),
             outbox: OutboxGauges::register(&registry),
             registry,

@@ -223,7 +223,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Writes a duration in the largest unit that represents it exactly.
-fn format_duration(d: Duration) -> String {
+pub(crate) fn format_duration(d: Duration) -> String {
     let millis = d.as_millis();
     if d.subsec_millis() != 0 || millis == 0 {
         return format!("{millis}ms");

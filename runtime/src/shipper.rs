@@ -22,6 +22,9 @@ use crate::tls::{Transport, identity_of};
 
 /// The most events the shipper sends in one `Append` (the auditor accepts up to 1000).
 pub const MAX_BATCH: usize = 500;
+/// The most bytes of encoded events the shipper sends in one `Append` (the auditor accepts
+/// 16 MiB); a batch is cut short before it, though never below one event.
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// The first wait after a failed attempt; each further failure doubles it up to [`BACKOFF_CAP`].
 pub const BACKOFF_START: Duration = Duration::from_millis(50);
 pub const BACKOFF_CAP: Duration = Duration::from_secs(5);
@@ -210,7 +213,10 @@ impl Shipper {
         loop {
             let attempt = match self.outbox.unshipped(self.shipped, self.batch).await {
                 Ok(events) if events.is_empty() => return Ended::Drained,
-                Ok(events) => self.send(events).await,
+                Ok(mut events) => {
+                    events.truncate(fitting(&events, MAX_BATCH_BYTES));
+                    self.send(events).await
+                }
                 Err(error) => Err(format!("reading the outbox: {error}")),
             };
             match attempt {
@@ -287,6 +293,19 @@ impl Shipper {
             Err(error) => tracing::warn!(%error, "pruning the audit outbox failed"),
         }
     }
+}
+
+/// How many of `events`, from the first, fit in `max_bytes` encoded (at least one).
+fn fitting(events: &[AuditEvent], max_bytes: usize) -> usize {
+    let mut total = 0usize;
+    let fit = events
+        .iter()
+        .take_while(|event| {
+            total += prost::Message::encoded_len(*event);
+            total <= max_bytes
+        })
+        .count();
+    fit.max(1)
 }
 
 #[cfg(test)]
@@ -432,6 +451,21 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "timed out");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[test]
+    fn a_batch_is_cut_to_its_byte_budget_but_never_empty() {
+        let event = |n: usize| AuditEvent {
+            id: "x".repeat(n),
+            ..AuditEvent::default()
+        };
+        let events: Vec<AuditEvent> = (0..10).map(|_| event(1000)).collect();
+        let one = prost::Message::encoded_len(&events[0]);
+        assert_eq!(fitting(&events, one * 10), 10);
+        assert_eq!(fitting(&events, one * 3 + one / 2), 3);
+        // One event larger than the budget still goes alone: the auditor judges it.
+        assert_eq!(fitting(&events, 10), 1);
+        assert_eq!(fitting(&[], 10), 1);
     }
 
     #[tokio::test]

@@ -150,6 +150,13 @@ struct Mtls {
     callers: Mutex<HashMap<Vec<u8>, Option<String>>>,
 }
 
+/// The most requests one gRPC connection carries at once (HTTP/2
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`); a well-behaved client waits for a free stream.
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// The largest header block of a gRPC request (HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`):
+/// room for a bearer token and trace context.
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
 /// The most caller certificates remembered; past it the memory starts over.
 const MAX_REMEMBERED_CALLERS: usize = 4096;
 
@@ -282,7 +289,13 @@ impl Transport {
     /// every caller to present one signed by the CA.
     pub fn server(&self) -> Result<Server, TlsError> {
         // Every request gets a span, the child of the caller's when it sent a trace context.
-        let builder = Server::builder().trace_fn(crate::trace::server_span);
+        // A connection carries at most MAX_CONCURRENT_STREAMS requests at once (tonic's
+        // default is no limit; clients queue the rest), with headers of at most
+        // MAX_HEADER_LIST_BYTES.
+        let builder = Server::builder()
+            .trace_fn(crate::trace::server_span)
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES);
         match &self.mtls {
             None => Ok(builder),
             Some(m) => builder

@@ -39,6 +39,7 @@ mod issuer_login;
 mod issuer_refresh;
 mod issuer_revocation;
 mod jwt;
+mod limits;
 mod login_page;
 mod metrics;
 mod scale_out;

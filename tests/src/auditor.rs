@@ -78,6 +78,8 @@ pub struct AuditorOptions {
     pub origin: String,
     /// The detectors' settings.
     pub detectors: DetectConfig,
+    /// The limits (`[limits]`).
+    pub limits: trias_auditor::config::LimitsConfig,
 }
 
 impl Default for AuditorOptions {
@@ -87,6 +89,7 @@ impl Default for AuditorOptions {
             producers: vec!["issuer".into(), "validator".into()],
             origin: "trias.test/audit".into(),
             detectors: DetectConfig::default(),
+            limits: trias_auditor::config::LimitsConfig::default(),
         }
     }
 }
@@ -144,6 +147,18 @@ pub async fn start_auditor(options: AuditorOptions) -> Option<AuditorHandle> {
         (
             "DETECTORS__DENIAL_BURST_WINDOW",
             format!("{}ms", options.detectors.denial_burst_window.as_millis()),
+        ),
+        (
+            "DETECTORS__LOGIN_FAILURE_COUNT",
+            options.detectors.login_failure_count.to_string(),
+        ),
+        (
+            "DETECTORS__LOGIN_FAILURE_WINDOW",
+            format!("{}ms", options.detectors.login_failure_window.as_millis()),
+        ),
+        (
+            "LIMITS__REFUSAL_ALERTS_PER_CALLER",
+            options.limits.refusal_alerts_per_caller.to_string(),
         ),
     ]);
     let database = match options.backend {

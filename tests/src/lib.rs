@@ -83,6 +83,23 @@ pub async fn channel(addr: SocketAddr, server: &str, client: &str) -> Channel {
         .unwrap()
 }
 
+/// A gRPC channel like [`channel`]'s, whose connection comes from the local address `from`
+/// (any of 127.0.0.0/8 on Linux), so tests can act as several source addresses.
+pub async fn channel_from(
+    addr: SocketAddr,
+    server: &str,
+    client: &str,
+    from: std::net::IpAddr,
+) -> Channel {
+    transport(client)
+        .endpoint(&format!("http://{addr}"), &identity_of(server))
+        .unwrap()
+        .local_address(Some(from))
+        .connect()
+        .await
+        .unwrap()
+}
+
 /// The redirect URIs every test client registers; logins use the first.
 pub const REDIRECT_URIS: [&str; 2] = [
     "https://app.example/callback",
@@ -120,6 +137,8 @@ pub struct IssuerOptions {
     pub issuer_url: Option<String>,
     /// The audit producer name (`audit.producer`); each issuer sharing a database needs its own.
     pub producer: Option<String>,
+    /// The rate limits (`[limits]`).
+    pub limits: trias_issuer::config::LimitsConfig,
 }
 
 impl Default for IssuerOptions {
@@ -136,6 +155,7 @@ impl Default for IssuerOptions {
             shared_database: None,
             issuer_url: None,
             producer: None,
+            limits: trias_issuer::config::LimitsConfig::default(),
         }
     }
 }
@@ -227,6 +247,21 @@ pub async fn start_issuer(options: IssuerOptions) -> Option<IssuerHandle> {
     }
     if let Some(producer) = &options.producer {
         env.insert("TRIAS_ISSUER_AUDIT__PRODUCER".to_owned(), producer.clone());
+    }
+    let limits = &options.limits;
+    for (key, value) in [
+        ("TOKEN_PER_CLIENT", limits.token_per_client.to_string()),
+        (
+            "FAILED_LOGINS_PER_USER",
+            limits.failed_logins_per_user.to_string(),
+        ),
+        (
+            "FAILURES_PER_SOURCE",
+            limits.failures_per_source.to_string(),
+        ),
+        ("TRACKED_KEYS", limits.tracked_keys.to_string()),
+    ] {
+        env.insert(format!("TRIAS_ISSUER_LIMITS__{key}"), value);
     }
     env.extend(tls_env(trias_issuer::config::ENV_PREFIX, "issuer"));
     // The admin validator's listener is bound now, so the issuer can name it.

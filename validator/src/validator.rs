@@ -43,6 +43,15 @@ pub struct Settings {
     pub caller_audiences: BTreeMap<String, String>,
 }
 
+/// The longest audience, action or resource accepted in a check, in bytes.
+pub const MAX_FIELD_BYTES: usize = 1024;
+/// The most `context` entries a check may carry.
+pub const MAX_CONTEXT_ENTRIES: usize = 32;
+/// The longest `context` key, in bytes.
+pub const MAX_CONTEXT_KEY_BYTES: usize = 64;
+/// The longest `context` value, in bytes.
+pub const MAX_CONTEXT_VALUE_BYTES: usize = 512;
+
 /// One question: may this token perform this action on this object, for this audience?
 #[derive(Debug, Clone, Default)]
 pub struct CheckInput {
@@ -249,6 +258,37 @@ impl Validator {
     fn validate_input(&self, input: &CheckInput) -> Result<(), Error> {
         if input.audience.is_empty() {
             return Err(Error::InvalidRequest("audience is required".into()));
+        }
+        // Everything here but the token goes into the audit event: bounded, so that an event
+        // always stays far below what the auditor accepts (a refused event would hold up
+        // every event behind it in the outbox).
+        let fields = [
+            ("audience", Some(&input.audience)),
+            ("declared audience", input.declared_audience.as_ref()),
+            ("action", input.action.as_ref()),
+            ("resource", Some(&input.resource)),
+        ];
+        for (name, value) in fields {
+            if value.is_some_and(|v| v.len() > MAX_FIELD_BYTES) {
+                return Err(Error::InvalidRequest(format!(
+                    "{name} is longer than {MAX_FIELD_BYTES} bytes"
+                )));
+            }
+        }
+        if input.context.len() > MAX_CONTEXT_ENTRIES {
+            return Err(Error::InvalidRequest(format!(
+                "context has more than {MAX_CONTEXT_ENTRIES} entries"
+            )));
+        }
+        if input
+            .context
+            .iter()
+            .any(|(k, v)| k.len() > MAX_CONTEXT_KEY_BYTES || v.len() > MAX_CONTEXT_VALUE_BYTES)
+        {
+            return Err(Error::InvalidRequest(format!(
+                "a context key is longer than {MAX_CONTEXT_KEY_BYTES} bytes or a value longer \
+                 than {MAX_CONTEXT_VALUE_BYTES}"
+            )));
         }
         if let Some(action) = &input.action {
             if action.is_empty() {
