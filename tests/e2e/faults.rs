@@ -269,10 +269,138 @@ fn assert_shipping_failed(suite: &Suite) {
     }
 }
 
+/// A user's session refreshing its token without pause through the demo frontend, signing in
+/// again whenever its family ends (a rotation answered to no one, when the issuer was killed
+/// mid-request, makes the retry a reuse). Every refresh token whose rotation was answered is
+/// spent and must never work again.
+struct Refresher {
+    running: Arc<AtomicBool>,
+    spent: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+    url: String,
+    frontend: String,
+}
+
+impl Refresher {
+    async fn start(suite: &Suite) -> Refresher {
+        let env = trias_tests::stack::stack_env(&suite.dir);
+        let url = format!("{}/oauth2/token", suite.get("issuer_url"));
+        let frontend = suite.get("demo_frontend_client_id");
+        let redirect = suite.get("demo_redirect_uri");
+        let running = Arc::new(AtomicBool::new(true));
+        let spent = Arc::new(Mutex::new(Vec::new()));
+        let task = {
+            let (url, frontend) = (url.clone(), frontend.clone());
+            let (running, spent) = (Arc::clone(&running), Arc::clone(&spent));
+            tokio::spawn(async move {
+                let http = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(2))
+                    .build()
+                    .unwrap();
+                let mut current = None;
+                while running.load(Ordering::SeqCst) {
+                    let Some(token) = current.clone() else {
+                        current = sign_in(&env, &frontend, &redirect).await;
+                        continue;
+                    };
+                    let reply = http
+                        .post(&url)
+                        .form(&[
+                            ("grant_type", "refresh_token"),
+                            ("refresh_token", token.as_str()),
+                            ("client_id", frontend.as_str()),
+                        ])
+                        .send()
+                        .await;
+                    let Ok(reply) = reply else {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    };
+                    let status = reply.status().as_u16();
+                    let body: Value = reply.json().await.unwrap_or(Value::Null);
+                    match (status, body["refresh_token"].as_str()) {
+                        (200, Some(next)) => {
+                            spent.lock().await.push(token);
+                            current = Some(next.to_owned());
+                        }
+                        (400, _) if body["error"] == "invalid_grant" => current = None,
+                        (503, _) => tokio::time::sleep(Duration::from_millis(20)).await,
+                        _ => panic!("refresh answered {status}: {body}"),
+                    }
+                }
+            })
+        };
+        Refresher {
+            running,
+            spent,
+            task,
+            url,
+            frontend,
+        }
+    }
+
+    /// Stops refreshing, then presents every spent token again: each is refused.
+    async fn stop_and_replay(self) -> usize {
+        self.running.store(false, Ordering::SeqCst);
+        self.task.await.unwrap();
+        let spent = self.spent.lock().await.clone();
+        let http = reqwest::Client::new();
+        for token in &spent {
+            let reply = http
+                .post(&self.url)
+                .form(&[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", token.as_str()),
+                    ("client_id", self.frontend.as_str()),
+                ])
+                .send()
+                .await
+                .unwrap();
+            let status = reply.status().as_u16();
+            let body: Value = reply.json().await.unwrap();
+            assert_eq!(
+                (status, body["error"].as_str()),
+                (400, Some("invalid_grant")),
+                "a spent refresh token was accepted again: {body}"
+            );
+        }
+        spent.len()
+    }
+}
+
+/// `trias token --login alice` through the demo frontend; `None` while the issuer is away.
+async fn sign_in(env: &[(String, String)], frontend: &str, redirect: &str) -> Option<String> {
+    let output = trias_tests::stack::run_cli(
+        &[
+            "token",
+            "--client-id",
+            frontend,
+            "--redirect-uri",
+            redirect,
+            "--login",
+            "alice",
+            "--password-stdin",
+            "--scope",
+            "payments:create",
+            "--json",
+        ],
+        env,
+        "alice-demo-password\n",
+    )
+    .await;
+    if !output.status.success() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        return None;
+    }
+    let reply: Value = serde_json::from_slice(&output.stdout).unwrap();
+    Some(reply["refresh_token"].as_str().unwrap().to_owned())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_each_service_under_load_loses_no_acknowledged_event() {
     let mut suite = Suite::create().await;
     suite.start_all().await;
+    let refresher = Refresher::start(&suite).await;
     let load = Load::start(&suite).await;
     for service in ["issuer", "validator", "auditor"] {
         load.progress(100).await;
@@ -290,6 +418,10 @@ async fn sigkill_of_each_service_under_load_loses_no_acknowledged_event() {
         }
     }
     let seen = load.stop().await;
+    // No refresh token usable twice, across the issuer's kill.
+    let spent = refresher.stop_and_replay().await;
+    assert!(spent >= 10, "only {spent} refresh tokens were rotated");
+    eprintln!("{spent} refresh tokens rotated, each refused when presented again");
     invariants(&mut suite, &seen, false).await;
 }
 

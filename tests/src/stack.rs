@@ -113,12 +113,7 @@ impl Stack {
 
     /// The environment `. stack.env` gives a shell, for running the CLI against the stack.
     pub fn env(&self) -> Vec<(String, String)> {
-        let text = std::fs::read_to_string(self.data_dir.join("stack.env")).unwrap();
-        text.lines()
-            .filter_map(|line| line.strip_prefix("export "))
-            .filter_map(|line| line.split_once('='))
-            .map(|(key, value)| (key.to_owned(), value.trim_matches('\'').to_owned()))
-            .collect()
+        stack_env(&self.data_dir)
     }
 
     /// Runs the CLI with `args` in the stack's environment (stack.env), with `stdin` fed in.
@@ -162,6 +157,16 @@ impl Drop for Stack {
         }
         let _ = child.start_kill();
     }
+}
+
+/// The environment `. <data_dir>/stack.env` gives a shell.
+pub fn stack_env(data_dir: &Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(data_dir.join("stack.env")).unwrap();
+    text.lines()
+        .filter_map(|line| line.strip_prefix("export "))
+        .filter_map(|line| line.split_once('='))
+        .map(|(key, value)| (key.to_owned(), value.trim_matches('\'').to_owned()))
+        .collect()
 }
 
 /// Runs the CLI with `args` and the given environment (and nothing else of `TRIAS_*` from
