@@ -136,6 +136,11 @@ impl Suite {
         self.children.insert(service, child);
     }
 
+    /// The process id of a running service.
+    pub fn pid(&self, service: &str) -> u32 {
+        self.children[service].id().unwrap()
+    }
+
     pub async fn start_all(&mut self) {
         for service in SERVICES {
             self.start(service).await;
