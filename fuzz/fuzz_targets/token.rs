@@ -233,7 +233,7 @@ fn token_stage(token: &str) -> Outcome<Claims> {
         return Err(Denial::new(Reason::UnknownKey, "unknown key"));
     }
     check::key_algorithm(algorithm, &KEY)?;
-    let raw = check::signature(token, &KEY)?;
+    let raw = check::signature(&parts, &KEY)?;
     let claims = check::claims(&raw, kid)?;
     check::issuer(&claims, ISSUER)?;
     Ok(claims)
