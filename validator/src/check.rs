@@ -728,32 +728,40 @@ mod tests {
         );
     }
 
-    // Tokens signed with the Ed25519 key of RFC 8037 appendix A.1, whose public half is below;
-    // the validator holds no signing key, so they are written out here. Their claims are
-    // `valid_claims()` unless the test says otherwise.
+    // Tokens signed with the Ed25519 key of RFC 8037 appendix A.1 (kid `k`) and the P-256 key
+    // of RFC 7515 appendix A.3 (kid `ec`), whose public halves are below; the validator holds
+    // no signing key, so they are written out here. Their claims are `valid_claims()` unless
+    // the test says otherwise.
     const RFC8037_X: &str = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+    const RFC7515_X: &str = "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU";
+    const RFC7515_Y: &str = "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0";
     const SIGNED: &str = "eyJhbGciOiJFZERTQSIsInR5cCI6ImF0K2p3dCIsImtpZCI6ImsifQ.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIiwic3ViIjoiYWxpY2UiLCJhdWQiOiJwYXltZW50cyIsImNsaWVudF9pZCI6IndlYiIsInNjb3BlIjoicGF5bWVudHM6Y3JlYXRlIHBheW1lbnRzOnJlYWQiLCJpYXQiOjEwMDAsImV4cCI6MTMwMCwianRpIjoidC0xIiwic2lkIjoiZi0xIn0.kbGzMpif1dKNpcRuSmvuSCNU25b5_jrnb3qx8xMpYphZibrgvqms6f2loptj1vHCdi2zvPkgoQt-CyeHG267BA";
+    const SIGNED_ES256: &str = "eyJhbGciOiJFUzI1NiIsInR5cCI6ImF0K2p3dCIsImtpZCI6ImVjIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIiwic3ViIjoiYWxpY2UiLCJhdWQiOiJwYXltZW50cyIsImNsaWVudF9pZCI6IndlYiIsInNjb3BlIjoicGF5bWVudHM6Y3JlYXRlIHBheW1lbnRzOnJlYWQiLCJpYXQiOjEwMDAsImV4cCI6MTMwMCwianRpIjoidC0xIiwic2lkIjoiZi0xIn0.GO6j2kaF-vCSCHPRCh06i7jBenfE45KrKd8OPSrXs0D9HN0LvXv0ZFTKZZ7nMJJy1RtnWpN7M-kQt2Q6aQA2mw";
     /// Header `{"alg":"EdDSA","jwk":false,"kid":"k","typ":"at+jwt"}`: the fuzzer's first find.
     const SIGNED_WITH_ODD_JWK: &str = "eyJhbGciOiJFZERTQSIsImp3ayI6ZmFsc2UsImtpZCI6ImsiLCJ0eXAiOiJhdCtqd3QifQ.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIiwic3ViIjoiYWxpY2UiLCJhdWQiOiJwYXltZW50cyIsImNsaWVudF9pZCI6IndlYiIsInNjb3BlIjoicGF5bWVudHM6Y3JlYXRlIHBheW1lbnRzOnJlYWQiLCJpYXQiOjEwMDAsImV4cCI6MTMwMCwianRpIjoidC0xIiwic2lkIjoiZi0xIn0.sXbHtfy-hn2fUXZ6Skof_5K8a3HltVpJSUj25PQtaY00q9z4LQUpKkJhagLWOV61vwru1vSoOtM5ZD7s8n8XAQ";
     /// `exp` is -1.
     const SIGNED_NEGATIVE_EXP: &str = "eyJhbGciOiJFZERTQSIsInR5cCI6ImF0K2p3dCIsImtpZCI6ImsifQ.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIiwic3ViIjoiYWxpY2UiLCJhdWQiOiJwYXltZW50cyIsImNsaWVudF9pZCI6IndlYiIsInNjb3BlIjoicGF5bWVudHM6Y3JlYXRlIHBheW1lbnRzOnJlYWQiLCJpYXQiOjEwMDAsImV4cCI6LTEsImp0aSI6InQtMSIsInNpZCI6ImYtMSJ9.qzyw4TxcBmxg71DuwuIjbbVgUPs8TEw085xvCt7B-8u_GXBJtcZHhI5Lxr2TF9wE_KF06utwXJ5QKlWw9jHTCw";
 
-    fn rfc8037_key() -> PublicKey {
+    /// The RFC key a token's kid names.
+    fn rfc_key(kid: &str) -> PublicKey {
+        let (kty, crv, alg, x, y) = match kid {
+            "k" => ("OKP", "Ed25519", "EdDSA", RFC8037_X, ""),
+            _ => ("EC", "P-256", "ES256", RFC7515_X, RFC7515_Y),
+        };
         PublicKey::from_jwk(&trias_proto::v1::Jwk {
-            kid: "k".into(),
-            kty: "OKP".into(),
-            crv: "Ed25519".into(),
-            alg: "EdDSA".into(),
+            kid: kid.into(),
+            kty: kty.into(),
+            crv: crv.into(),
+            alg: alg.into(),
             r#use: "sig".into(),
-            x: RFC8037_X.into(),
-            y: String::new(),
+            x: x.into(),
+            y: y.into(),
         })
         .unwrap()
     }
 
-    /// The token stage as the validator runs it, with the RFC 8037 key as the only key.
+    /// The token stage as the validator runs it, with the two RFC keys as the only keys.
     fn token_stage(token: &str) -> Outcome<Claims> {
-        let key = rfc8037_key();
         let parts = split(token)?;
         let header = header(&parts)?;
         let algorithm = algorithm(&header)?;
@@ -761,6 +769,7 @@ mod tests {
         critical(&header)?;
         content_type(&header)?;
         let kid = kid(&header)?;
+        let key = rfc_key(kid);
         key_algorithm(algorithm, &key)?;
         let raw = signature(&parts, &key)?;
         claims(&raw, kid)
@@ -789,6 +798,25 @@ mod tests {
         );
         assert_eq!(
             token_stage(&format!("{input}.")).unwrap_err().reason,
+            Reason::BadSignature
+        );
+    }
+
+    #[test]
+    fn an_es256_token_verifies_with_its_p256_key_only() {
+        let claims = token_stage(SIGNED_ES256).unwrap();
+        assert_eq!(claims.kid, "ec");
+        let parts = split(SIGNED_ES256).unwrap();
+        assert_eq!(
+            signature(&parts, &rfc_key("k")).unwrap_err().reason,
+            Reason::BadSignature
+        );
+        let (input, sig) = SIGNED_ES256.rsplit_once('.').unwrap();
+        let mut bytes = BASE64URL_NOPAD.decode(sig.as_bytes()).unwrap();
+        bytes[40] ^= 1;
+        let forged = format!("{input}.{}", BASE64URL_NOPAD.encode(&bytes));
+        assert_eq!(
+            token_stage(&forged).unwrap_err().reason,
             Reason::BadSignature
         );
     }
