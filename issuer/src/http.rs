@@ -177,7 +177,7 @@ fn client_credentials(
 /// The request parsing the token and revocation endpoints run before they look at any client
 /// or grant, reachable from outside the crate for the fuzz targets in `fuzz/` only: that is a
 /// separate crate, which cannot see `pub(crate)` items. Hidden, and not part of the issuer's
-/// API; the endpoints themselves call [`Form`] and `client_credentials` directly.
+/// API; the endpoints themselves call `Form` and `client_credentials` directly.
 #[doc(hidden)]
 pub mod fuzzing {
     use std::collections::HashMap;
