@@ -22,6 +22,8 @@ pub mod detect;
 pub mod error;
 pub mod grpc;
 pub mod merkle;
+#[cfg(test)]
+mod merkle_props;
 pub mod metrics;
 pub mod sequencer;
 pub mod store;

@@ -207,6 +207,42 @@ fn client_credentials(
     Ok((id, Some(secret), true))
 }
 
+/// The request parsing the token and revocation endpoints run before they look at any client
+/// or grant, reachable from outside the crate for the fuzz targets in `fuzz/` only: that is a
+/// separate crate, which cannot see `pub(crate)` items. Hidden, and not part of the issuer's
+/// API; the endpoints themselves call `Form` and `client_credentials` directly.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::collections::HashMap;
+
+    use axum::http::HeaderMap;
+
+    use super::{Form, client_credentials};
+    use crate::error::Error;
+
+    /// A request body's form parameters, as the token endpoint reads them.
+    pub fn parse_form(headers: &HeaderMap, body: &[u8]) -> Result<HashMap<String, String>, Error> {
+        Form::parse(headers, body).map(|form| form.0)
+    }
+
+    /// A URL query's parameters, as the authorization endpoint reads them.
+    pub fn parse_query(query: &str) -> Result<HashMap<String, String>, Error> {
+        Form::from_query(query).map(|form| form.0)
+    }
+
+    /// The client's id, secret and whether it used HTTP Basic, from the headers and the form;
+    /// `form` is left without `client_id` and `client_secret`, as the endpoints see it.
+    pub fn client(
+        headers: &HeaderMap,
+        form: &mut HashMap<String, String>,
+    ) -> Result<(String, Option<String>, bool), Error> {
+        let mut wrapped = Form(std::mem::take(form));
+        let credentials = client_credentials(headers, &mut wrapped);
+        *form = wrapped.0;
+        credentials
+    }
+}
+
 async fn token(
     State(issuer): State<Issuer>,
     Source(source): Source,

@@ -6,14 +6,13 @@
 //! is capped before anything is parsed, the header is parsed here (strictly: canonical
 //! base64url, one JSON object, no duplicate members), the algorithm is the one bound to the
 //! key, `typ` must be `at+jwt`, `crit` is refused, and `jku`/`x5u`/`jwk`/`x5c` are never looked at.
-//! jsonwebtoken verifies the signature only; times are checked here against the injected
-//! clock with the configured skew.
+//! jsonwebtoken verifies the signature only — the header and the claims are parsed here, once —
+//! and times are checked here against the injected clock with the configured skew.
 
 use std::collections::BTreeSet;
 use std::fmt;
 
 use data_encoding::BASE64URL_NOPAD;
-use jsonwebtoken::Validation;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::{Map, Value};
 use trias_policy::{ActionError, Policy};
@@ -65,6 +64,8 @@ pub struct Parts<'a> {
     pub header: &'a str,
     pub payload: &'a str,
     pub signature: &'a str,
+    /// `header.payload`: what the signature is over (RFC 7515 §5.2).
+    pub signing_input: &'a str,
 }
 
 /// Splits the token into its three parts and checks each is canonical unpadded base64url
@@ -92,6 +93,7 @@ pub fn split(token: &str) -> Outcome<Parts<'_>> {
         header,
         payload,
         signature,
+        signing_input: &token[..header.len() + 1 + payload.len()],
     })
 }
 
@@ -233,32 +235,31 @@ pub fn key_algorithm(algorithm: KeyAlgorithm, key: &PublicKey) -> Outcome {
 }
 
 /// Verifies the signature with the key's one algorithm and returns the payload's claims.
-/// jsonwebtoken checks nothing else here: times, issuer and audience are our own checks.
-pub fn signature(token: &str, key: &PublicKey) -> Outcome<Map<String, Value>> {
-    use jsonwebtoken::errors::ErrorKind;
-    let mut validation = Validation::new(key.algorithm.jwt());
-    validation.algorithms = vec![key.algorithm.jwt()];
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    validation.validate_aud = false;
-    validation.leeway = 0;
-    validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
-    match jsonwebtoken::decode::<UniqueObject>(token, &key.decoding, &validation) {
-        Ok(data) => Ok(data.claims.0),
-        Err(error) => Err(match error.kind() {
-            ErrorKind::InvalidSignature | ErrorKind::Crypto(_) | ErrorKind::InvalidEcdsaKey => {
-                Denial::new(Reason::BadSignature, "the signature does not verify")
-            }
-            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => Denial::new(
-                Reason::UnsupportedAlgorithm,
-                "the algorithm is not the key's",
-            ),
-            ErrorKind::MissingRequiredClaim(claim) => {
-                Denial::new(Reason::MissingClaim, format!("claim {claim} is missing"))
-            }
-            _ => Denial::new(Reason::Malformed, "the claims are not a JSON object"),
-        }),
+///
+/// jsonwebtoken verifies the signature over the signing input and does nothing else. Its
+/// `decode` would also parse the header and the claims a second time, each by rules of its
+/// own: a `jwk` or `x5c` member of a shape it does not expect, members no check here reads,
+/// refused a validly signed token as malformed (found by fuzzing, see docs/hardening.md),
+/// and its required-claims check read a negative `exp` as missing. Parsing once, here,
+/// keeps every decision with the checks that name it.
+pub fn signature(parts: &Parts<'_>, key: &PublicKey) -> Outcome<Map<String, Value>> {
+    // Err is a signature that is not base64url (`split` refused those already) or a key ring
+    // will not use: either way the signature does not verify with this key.
+    let verified = jsonwebtoken::crypto::verify(
+        parts.signature,
+        parts.signing_input.as_bytes(),
+        &key.decoding,
+        key.algorithm.jwt(),
+    )
+    .unwrap_or(false);
+    if !verified {
+        return Err(Denial::new(
+            Reason::BadSignature,
+            "the signature does not verify",
+        ));
     }
+    json_object(parts.payload)
+        .ok_or_else(|| Denial::new(Reason::Malformed, "the claims are not a JSON object"))
 }
 
 // ----- claims -----
@@ -725,6 +726,119 @@ mod tests {
                 .reason,
             Reason::UnknownAction
         );
+    }
+
+    // Tokens signed with the Ed25519 key of RFC 8037 appendix A.1 (kid `k`) and the P-256 key
+    // of RFC 7515 appendix A.3 (kid `ec`), whose public halves are below; the validator holds
+    // no signing key, so they are written out here. Their claims are `valid_claims()` unless
+    // the test says otherwise.
+    const RFC8037_X: &str = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+    const RFC7515_X: &str = "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU";
+    const RFC7515_Y: &str = "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0";
+    const SIGNED: &str = "eyJhbGciOiJFZERTQSIsInR5cCI6ImF0K2p3dCIsImtpZCI6ImsifQ.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIiwic3ViIjoiYWxpY2UiLCJhdWQiOiJwYXltZW50cyIsImNsaWVudF9pZCI6IndlYiIsInNjb3BlIjoicGF5bWVudHM6Y3JlYXRlIHBheW1lbnRzOnJlYWQiLCJpYXQiOjEwMDAsImV4cCI6MTMwMCwianRpIjoidC0xIiwic2lkIjoiZi0xIn0.kbGzMpif1dKNpcRuSmvuSCNU25b5_jrnb3qx8xMpYphZibrgvqms6f2loptj1vHCdi2zvPkgoQt-CyeHG267BA";
+    const SIGNED_ES256: &str = "eyJhbGciOiJFUzI1NiIsInR5cCI6ImF0K2p3dCIsImtpZCI6ImVjIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIiwic3ViIjoiYWxpY2UiLCJhdWQiOiJwYXltZW50cyIsImNsaWVudF9pZCI6IndlYiIsInNjb3BlIjoicGF5bWVudHM6Y3JlYXRlIHBheW1lbnRzOnJlYWQiLCJpYXQiOjEwMDAsImV4cCI6MTMwMCwianRpIjoidC0xIiwic2lkIjoiZi0xIn0.GO6j2kaF-vCSCHPRCh06i7jBenfE45KrKd8OPSrXs0D9HN0LvXv0ZFTKZZ7nMJJy1RtnWpN7M-kQt2Q6aQA2mw";
+    /// Header `{"alg":"EdDSA","jwk":false,"kid":"k","typ":"at+jwt"}`: the fuzzer's first find.
+    const SIGNED_WITH_ODD_JWK: &str = "eyJhbGciOiJFZERTQSIsImp3ayI6ZmFsc2UsImtpZCI6ImsiLCJ0eXAiOiJhdCtqd3QifQ.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIiwic3ViIjoiYWxpY2UiLCJhdWQiOiJwYXltZW50cyIsImNsaWVudF9pZCI6IndlYiIsInNjb3BlIjoicGF5bWVudHM6Y3JlYXRlIHBheW1lbnRzOnJlYWQiLCJpYXQiOjEwMDAsImV4cCI6MTMwMCwianRpIjoidC0xIiwic2lkIjoiZi0xIn0.sXbHtfy-hn2fUXZ6Skof_5K8a3HltVpJSUj25PQtaY00q9z4LQUpKkJhagLWOV61vwru1vSoOtM5ZD7s8n8XAQ";
+    /// `exp` is -1.
+    const SIGNED_NEGATIVE_EXP: &str = "eyJhbGciOiJFZERTQSIsInR5cCI6ImF0K2p3dCIsImtpZCI6ImsifQ.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIiwic3ViIjoiYWxpY2UiLCJhdWQiOiJwYXltZW50cyIsImNsaWVudF9pZCI6IndlYiIsInNjb3BlIjoicGF5bWVudHM6Y3JlYXRlIHBheW1lbnRzOnJlYWQiLCJpYXQiOjEwMDAsImV4cCI6LTEsImp0aSI6InQtMSIsInNpZCI6ImYtMSJ9.qzyw4TxcBmxg71DuwuIjbbVgUPs8TEw085xvCt7B-8u_GXBJtcZHhI5Lxr2TF9wE_KF06utwXJ5QKlWw9jHTCw";
+
+    /// The RFC key a token's kid names.
+    fn rfc_key(kid: &str) -> PublicKey {
+        let (kty, crv, alg, x, y) = match kid {
+            "k" => ("OKP", "Ed25519", "EdDSA", RFC8037_X, ""),
+            _ => ("EC", "P-256", "ES256", RFC7515_X, RFC7515_Y),
+        };
+        PublicKey::from_jwk(&trias_proto::v1::Jwk {
+            kid: kid.into(),
+            kty: kty.into(),
+            crv: crv.into(),
+            alg: alg.into(),
+            r#use: "sig".into(),
+            x: x.into(),
+            y: y.into(),
+        })
+        .unwrap()
+    }
+
+    /// The token stage as the validator runs it, with the two RFC keys as the only keys.
+    fn token_stage(token: &str) -> Outcome<Claims> {
+        let parts = split(token)?;
+        let header = header(&parts)?;
+        let algorithm = algorithm(&header)?;
+        token_type(&header)?;
+        critical(&header)?;
+        content_type(&header)?;
+        let kid = kid(&header)?;
+        let key = rfc_key(kid);
+        key_algorithm(algorithm, &key)?;
+        let raw = signature(&parts, &key)?;
+        claims(&raw, kid)
+    }
+
+    #[test]
+    fn a_signed_token_verifies_and_a_changed_one_does_not() {
+        let claims = token_stage(SIGNED).unwrap();
+        assert_eq!(claims, super::claims(&valid_claims(), "k").unwrap());
+        let (input, sig) = SIGNED.rsplit_once('.').unwrap();
+        let mut bytes = BASE64URL_NOPAD.decode(sig.as_bytes()).unwrap();
+        bytes[0] ^= 1;
+        let forged = format!("{input}.{}", BASE64URL_NOPAD.encode(&bytes));
+        assert_eq!(
+            token_stage(&forged).unwrap_err().reason,
+            Reason::BadSignature
+        );
+        let other_payload = format!(
+            "{}.{}.{sig}",
+            input.split_once('.').unwrap().0,
+            b64(&json!({"sub": "mallory"}))
+        );
+        assert_eq!(
+            token_stage(&other_payload).unwrap_err().reason,
+            Reason::BadSignature
+        );
+        assert_eq!(
+            token_stage(&format!("{input}.")).unwrap_err().reason,
+            Reason::BadSignature
+        );
+    }
+
+    #[test]
+    fn an_es256_token_verifies_with_its_p256_key_only() {
+        let claims = token_stage(SIGNED_ES256).unwrap();
+        assert_eq!(claims.kid, "ec");
+        let parts = split(SIGNED_ES256).unwrap();
+        assert_eq!(
+            signature(&parts, &rfc_key("k")).unwrap_err().reason,
+            Reason::BadSignature
+        );
+        let (input, sig) = SIGNED_ES256.rsplit_once('.').unwrap();
+        let mut bytes = BASE64URL_NOPAD.decode(sig.as_bytes()).unwrap();
+        bytes[40] ^= 1;
+        let forged = format!("{input}.{}", BASE64URL_NOPAD.encode(&bytes));
+        assert_eq!(
+            token_stage(&forged).unwrap_err().reason,
+            Reason::BadSignature
+        );
+    }
+
+    // Found by fuzzing (fuzz/fuzz_targets/token.rs, docs/hardening.md): jsonwebtoken's
+    // `decode` parsed the header a second time into its own struct, so a member no check here
+    // reads, in a shape jsonwebtoken does not expect, refused a validly signed token as
+    // "the claims are not a JSON object".
+    #[test]
+    fn header_members_no_check_reads_do_not_refuse_a_signed_token() {
+        let claims = token_stage(SIGNED_WITH_ODD_JWK).unwrap();
+        assert_eq!(claims.sub, "alice");
+    }
+
+    // The same cause on the claims: jsonwebtoken's own required-claims check reads `exp` as
+    // an unsigned number, so a negative `exp` was reported as a missing claim instead of
+    // reaching the time check, which says what is wrong with it.
+    #[test]
+    fn the_claim_checks_decide_on_the_claims_of_a_signed_token() {
+        let claims = token_stage(SIGNED_NEGATIVE_EXP).unwrap();
+        assert_eq!(claims.exp, -1);
+        assert_eq!(time(&claims, 1000, 5).unwrap_err().reason, Reason::Expired);
     }
 
     #[test]

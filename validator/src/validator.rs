@@ -342,7 +342,7 @@ impl Validator {
             .await
             .ok_or_else(|| Denial::new(Reason::UnknownKey, "the token names an unknown key"))?;
         check::key_algorithm(algorithm, &key)?;
-        let raw = check::signature(token, &key)?;
+        let raw = check::signature(&parts, &key)?;
         let claims = Arc::new(check::claims(&raw, kid)?);
         check::issuer(&claims, &settings.issuer)?;
         self.inner
