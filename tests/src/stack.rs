@@ -210,19 +210,27 @@ pub async fn terminate(child: &Child) {
     }
 }
 
-/// A base port whose stack ports (+1 … +80) are all free now.
+/// A base port whose stack ports (+1 … +80) are all free now, and that no other test of this
+/// process was given (the tests run in parallel in one process: two could otherwise find the
+/// same block free before either binds it).
 pub fn free_base_port() -> u16 {
     use ring::rand::SecureRandom;
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let rng = ring::rand::SystemRandom::new();
-    for _ in 0..200 {
+    for _ in 0..500 {
         let mut bytes = [0u8; 2];
         rng.fill(&mut bytes).unwrap();
         // 20000 to 32600 in steps of 100: clear of the default 7400 and below Linux's
         // ephemeral ports (32768 and up), where the tests' own 127.0.0.1:0 listeners land.
         let base = 20_000 + (u16::from_le_bytes(bytes) % 127) * 100;
+        let mut given = GIVEN.lock().unwrap();
+        if given.contains(&base) {
+            continue;
+        }
         let free = (1..=80)
             .all(|offset| std::net::TcpListener::bind(("127.0.0.1", base + offset)).is_ok());
         if free {
+            given.push(base);
             return base;
         }
     }
