@@ -7,6 +7,7 @@
 //!
 //! Run with `cargo bench -p trias-tests --bench memory`. Environment overrides (all
 //! optional): `TRIAS_BENCH_SECONDS` (30), `TRIAS_BENCH_CONCURRENCY` (16),
+//! `TRIAS_BENCH_CACHE_CAPACITY` (the validator's `cache_capacity`, default its own),
 //! `TRIAS_BENCH_OUTPUT` (`<workspace>/target/bench-memory.json`).
 
 #![allow(
@@ -60,6 +61,11 @@ fn main() {
     let runtime = bench::runtime("bench-client", 2);
     runtime.block_on(async move {
         let mut suite = Suite::create().await;
+        if let Ok(capacity) = std::env::var("TRIAS_BENCH_CACHE_CAPACITY") {
+            suite.edit_config("validator", |text| {
+                format!("cache_capacity = {capacity}\n{text}")
+            });
+        }
         suite.start_all().await;
         let pids: BTreeMap<&str, u32> = SERVICES.iter().map(|s| (*s, suite.pid(s))).collect();
         let idle: BTreeMap<&str, u64> = pids.iter().map(|(s, pid)| (*s, sample(*pid).0)).collect();

@@ -3,9 +3,10 @@
 //! the signature; every per-request check (time, audience, scope, revocation, dual control)
 //! still runs on every call.
 //!
-//! Memory is bounded: when full, an expired entry is evicted if there is one, else the oldest.
+//! Memory is bounded: when full, the entry that expires first is evicted (an expired one if
+//! there is any).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use ring::digest::{SHA256, digest};
@@ -25,32 +26,23 @@ pub fn token_hash(token: &str) -> TokenHash {
 #[derive(Debug)]
 struct Entry {
     claims: Arc<Claims>,
-    seq: u64,
+    /// The entry's place in `by_exp`.
+    order: (i64, u64),
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     entries: HashMap<TokenHash, Entry>,
-    /// Insertion order: seq → (hash, exp).
-    by_age: BTreeMap<u64, (TokenHash, i64)>,
-    /// Expiry order: (exp, seq).
-    by_exp: BTreeSet<(i64, u64)>,
+    /// Expiry order: (exp plus skew, insertion number) → hash. The one order serves both
+    /// expiry and eviction, so an entry costs one ordered node, not two.
+    by_exp: BTreeMap<(i64, u64), TokenHash>,
     next_seq: u64,
 }
 
 impl Inner {
     fn remove(&mut self, hash: &TokenHash) {
-        if let Some(entry) = self.entries.remove(hash)
-            && let Some((_, exp)) = self.by_age.remove(&entry.seq)
-        {
-            self.by_exp.remove(&(exp, entry.seq));
-        }
-    }
-
-    fn remove_seq(&mut self, seq: u64) {
-        if let Some((hash, exp)) = self.by_age.remove(&seq) {
-            self.by_exp.remove(&(exp, seq));
-            self.entries.remove(&hash);
+        if let Some(entry) = self.entries.remove(hash) {
+            self.by_exp.remove(&entry.order);
         }
     }
 }
@@ -94,21 +86,20 @@ impl TokenCache {
         }
         let mut inner = self.lock();
         inner.remove(&hash);
+        // Full: the entry that expires first goes — an expired one if there is any, else
+        // the one with the least time left (with one token lifetime, the oldest).
         while inner.entries.len() >= self.capacity {
-            let victim = match inner.by_exp.first() {
-                Some(&(first_exp, seq)) if first_exp <= now => Some(seq),
-                _ => inner.by_age.keys().next().copied(),
-            };
-            match victim {
-                Some(seq) => inner.remove_seq(seq),
+            match inner.by_exp.pop_first() {
+                Some((_, victim)) => {
+                    inner.entries.remove(&victim);
+                }
                 None => break,
             }
         }
-        let seq = inner.next_seq;
+        let order = (exp, inner.next_seq);
         inner.next_seq += 1;
-        inner.by_age.insert(seq, (hash, exp));
-        inner.by_exp.insert((exp, seq));
-        inner.entries.insert(hash, Entry { claims, seq });
+        inner.by_exp.insert(order, hash);
+        inner.entries.insert(hash, Entry { claims, order });
     }
 
     /// How many tokens are cached.
@@ -130,9 +121,9 @@ mod tests {
         Arc::new(Claims {
             iss: "i".into(),
             sub: "s".into(),
-            aud: vec!["a".into()],
+            aud: Box::new(["a".into()]),
             client_id: "c".into(),
-            scopes: BTreeSet::new(),
+            scopes: Box::default(),
             iat: 0,
             exp,
             nbf: None,
@@ -157,7 +148,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_cache_evicts_expired_entries_first_then_the_oldest() {
+    fn a_full_cache_evicts_expired_entries_first_then_the_soonest_to_expire() {
         let cache = TokenCache::new(3);
         let (a, b, c, d, e) = (
             token_hash("a"),
@@ -166,7 +157,7 @@ mod tests {
             token_hash("d"),
             token_hash("e"),
         );
-        cache.insert(a, claims("a", 1000), 0, 0);
+        cache.insert(a, claims("a", 900), 0, 0);
         cache.insert(b, claims("b", 50), 0, 0);
         cache.insert(c, claims("c", 1000), 0, 0);
         // At 60, b has expired: it goes, although a is older.
@@ -174,7 +165,7 @@ mod tests {
         assert_eq!(cache.len(), 3);
         assert!(cache.get(&a, 60, 0).is_some());
         assert!(cache.get(&b, 10, 0).is_none());
-        // Nothing expired: the oldest (a) goes.
+        // Nothing expired: a, which expires first, goes.
         cache.insert(e, claims("e", 1000), 60, 0);
         assert!(cache.get(&a, 60, 0).is_none());
         for hash in [c, d, e] {

@@ -104,7 +104,7 @@ fn decision(verdict: Verdict) -> pb::CheckDecision {
     {
         decision.subject = claims.sub.clone();
         decision.client_id = claims.client_id.clone();
-        decision.scopes = claims.scopes.iter().cloned().collect();
+        decision.scopes = claims.scopes.to_vec();
         decision.token_id = claims.jti.clone();
         decision.acr = claims.acr.clone().unwrap_or_default();
         decision.expires_at = Some(timestamp(from_unix_seconds(claims.exp)));

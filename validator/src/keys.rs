@@ -54,7 +54,7 @@ impl KeyAlgorithm {
 /// A public key of the issuer and the one algorithm it may verify.
 #[derive(Clone)]
 pub struct PublicKey {
-    pub kid: String,
+    pub kid: Arc<str>,
     pub algorithm: KeyAlgorithm,
     pub decoding: DecodingKey,
 }
@@ -87,7 +87,7 @@ impl PublicKey {
             _ => return None,
         };
         Some(PublicKey {
-            kid: jwk.kid.clone(),
+            kid: jwk.kid.as_str().into(),
             algorithm,
             decoding,
         })
@@ -191,7 +191,7 @@ impl Keys {
         for jwk in &jwks {
             match PublicKey::from_jwk(jwk) {
                 Some(key) => {
-                    map.insert(key.kid.clone(), Arc::new(key));
+                    map.insert(key.kid.to_string(), Arc::new(key));
                 }
                 None => {
                     tracing::warn!(kid = %jwk.kid, kty = %jwk.kty, alg = %jwk.alg, "ignoring a JWK the validator does not accept")

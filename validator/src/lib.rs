@@ -131,7 +131,7 @@ pub async fn open(
         .map_err(StartError::Keys)?;
     tracing::info!(keys = count, "issuer keys loaded");
     let settings = Settings {
-        issuer: config.issuer.clone(),
+        issuer: config.issuer.as_str().into(),
         clock_skew: config.clock_skew,
         max_token_bytes: config.max_token_bytes,
         strict_audit: config.audit.strict,

@@ -28,8 +28,8 @@ use crate::store::{Recorded, Store};
 /// What the validator is configured to accept.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The exact expected `iss`.
-    pub issuer: String,
+    /// The exact expected `iss` (shared by every cached token's claims).
+    pub issuer: Arc<str>,
     pub clock_skew: Duration,
     pub max_token_bytes: usize,
     /// Refuse to answer when the outbox cannot record the decision.
@@ -343,8 +343,12 @@ impl Validator {
             .ok_or_else(|| Denial::new(Reason::UnknownKey, "the token names an unknown key"))?;
         check::key_algorithm(algorithm, &key)?;
         let raw = check::signature(&parts, &key)?;
-        let claims = Arc::new(check::claims(&raw, kid)?);
+        let mut claims = check::claims(&raw, kid)?;
         check::issuer(&claims, &settings.issuer)?;
+        // The issuer and the key are the same for most tokens: the cache holds one copy.
+        claims.iss = Arc::clone(&settings.issuer);
+        claims.kid = Arc::clone(&key.kid);
+        let claims = Arc::new(claims);
         self.inner
             .cache
             .insert(hash, Arc::clone(&claims), now, self.skew());
@@ -472,7 +476,7 @@ impl Validator {
                 .client_id(claims.client_id.clone())
                 .token_id(claims.jti.clone())
                 .family_id(claims.sid.clone().unwrap_or_default())
-                .attribute("kid", claims.kid.clone());
+                .attribute("kid", claims.kid.as_ref());
         }
         for (key, value) in &input.context {
             draft = draft.attribute(format!("context.{key}"), value.clone());
