@@ -448,12 +448,19 @@ async fn concurrent_approvals_have_one_winner(backend: Backend) {
         .unwrap()
         .into_inner();
 
-    let mut tasks = Vec::new();
+    // Everything each approval needs first, then all of them released at once: minting a
+    // token between spawns would space the approvals out and let the race slip by.
+    let mut ready = Vec::new();
     for approver in approvers.iter().chain(approvers.iter()) {
         let approver_token = issuer.admin_token(approver, "admin:roles").await;
-        let mut grpc = issuer.grpc().await;
-        let request = approval(&grant.id, &approver_token);
+        ready.push((issuer.grpc().await, approval(&grant.id, &approver_token)));
+    }
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(ready.len()));
+    let mut tasks = Vec::new();
+    for (mut grpc, request) in ready {
+        let start = std::sync::Arc::clone(&start);
         tasks.push(tokio::spawn(async move {
+            start.wait().await;
             grpc.approve_role_grant(request).await
         }));
     }
