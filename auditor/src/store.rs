@@ -265,13 +265,15 @@ impl Sql {
         self
     }
 
-    /// The query for `backend`. SQLite gets `?1, ?2, …`: it binds those by number, while it
-    /// finds each `$n` by a linear search of the statement's parameter names, which made
-    /// binding cost grow with the square of a statement's parameters.
+    /// The query for `backend`. SQLite gets anonymous `?` placeholders, bound by position
+    /// (each `$n` appears once, in order). Named ones — `$n`, and `?n` too — make the driver
+    /// ask SQLite each parameter's name, which SQLite finds by a linear search of the
+    /// statement's names: binding cost grew with the square of a statement's parameters, a
+    /// fifth of an append's CPU at 1,024 parameters a statement.
     fn build(self, backend: Backend) -> Query<'static, Any, AnyArguments> {
         let text = match backend {
             // Only placeholders carry a `$`: the statements hold no string literals.
-            Backend::Sqlite => self.text.replace('$', "?"),
+            Backend::Sqlite => anonymous_placeholders(&self.text),
             Backend::Postgres => self.text,
         };
         let mut query = sqlx::query(AssertSqlSafe(text));
@@ -284,6 +286,21 @@ impl Sql {
         }
         query
     }
+}
+
+/// `text` with every `$n` placeholder written as `?`.
+fn anonymous_placeholders(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' {
+            out.push('?');
+            while chars.next_if(char::is_ascii_digit).is_some() {}
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// How often the SQLite log's WAL is copied into the database file.
@@ -760,5 +777,19 @@ impl Store {
             }
         }
         Ok(facts)
+    }
+}
+
+#[cfg(test)]
+mod placeholder_tests {
+    use super::anonymous_placeholders;
+
+    #[test]
+    fn numbered_placeholders_become_anonymous_in_order() {
+        assert_eq!(
+            anonymous_placeholders("INSERT INTO t (a, b) VALUES ($1, $2), ($3, $10) LIMIT $11"),
+            "INSERT INTO t (a, b) VALUES (?, ?), (?, ?) LIMIT ?"
+        );
+        assert_eq!(anonymous_placeholders("SELECT 1"), "SELECT 1");
     }
 }
