@@ -88,6 +88,35 @@ fn flip(hash: &mut Hash, bit: u8) {
     hash[usize::from(bit / 8) % 32] ^= 1 << (bit % 8);
 }
 
+/// Makes `change` to a proof and the two hashes it is checked against (the leaf and the root,
+/// or the two roots); whether anything changed. `OtherIndex` changes nothing here: only an
+/// inclusion proof has an index, and its caller moves it.
+fn apply(change: Change, proof: &mut Vec<Hash>, first: &mut Hash, second: &mut Hash) -> bool {
+    match change {
+        Change::Nothing | Change::OtherIndex(_) => false,
+        Change::FlipProofHash { which, bit } => match proof.len() {
+            0 => false,
+            len => {
+                flip(&mut proof[usize::from(which) % len], bit);
+                true
+            }
+        },
+        Change::FlipLeafOrFirstRoot { bit } => {
+            flip(first, bit);
+            true
+        }
+        Change::FlipRoot { bit } => {
+            flip(second, bit);
+            true
+        }
+        Change::DropLast => proof.pop().is_some(),
+        Change::Append(hash) => {
+            proof.push(hash);
+            true
+        }
+    }
+}
+
 /// A made-up hash for every stored node: enough for generation, which only reads nodes.
 fn made_up(id: NodeId) -> Result<Hash, RangeError> {
     let mut hash = [0u8; 32];
@@ -182,31 +211,11 @@ fn real(leaves: u16, a: u16, b: u16, change: Change) {
     let mut root = tree.roots[&size];
     let mut at = index;
     let changed = match change {
-        Change::Nothing => false,
-        Change::FlipProofHash { which, bit } => match proof.len() {
-            0 => false,
-            len => {
-                flip(&mut proof[usize::from(which) % len], bit);
-                true
-            }
-        },
-        Change::FlipLeafOrFirstRoot { bit } => {
-            flip(&mut leaf, bit);
-            true
-        }
-        Change::FlipRoot { bit } => {
-            flip(&mut root, bit);
-            true
-        }
-        Change::DropLast => proof.pop().is_some(),
-        Change::Append(hash) => {
-            proof.push(hash);
-            true
-        }
         Change::OtherIndex(other) => {
             at = u64::from(other) % size;
             at != index
         }
+        _ => apply(change, &mut proof, &mut leaf, &mut root),
     };
     let outcome = verify_inclusion(at, size, &leaf, &proof, &root);
     assert_eq!(
@@ -219,29 +228,7 @@ fn real(leaves: u16, a: u16, b: u16, change: Change) {
     let mut proof = merkle::consistency_proof(from, size, read).expect("stored nodes");
     let mut root1 = tree.roots[&from];
     let mut root2 = tree.roots[&size];
-    let changed = match change {
-        Change::Nothing | Change::OtherIndex(_) => false,
-        Change::FlipProofHash { which, bit } => match proof.len() {
-            0 => false,
-            len => {
-                flip(&mut proof[usize::from(which) % len], bit);
-                true
-            }
-        },
-        Change::FlipLeafOrFirstRoot { bit } => {
-            flip(&mut root1, bit);
-            true
-        }
-        Change::FlipRoot { bit } => {
-            flip(&mut root2, bit);
-            true
-        }
-        Change::DropLast => proof.pop().is_some(),
-        Change::Append(hash) => {
-            proof.push(hash);
-            true
-        }
-    };
+    let changed = apply(change, &mut proof, &mut root1, &mut root2);
     let outcome = verify_consistency(from, size, &proof, &root1, &root2);
     assert_eq!(
         outcome.is_ok(),

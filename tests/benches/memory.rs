@@ -33,22 +33,12 @@ const REUSED: usize = 3;
 
 /// A service's resident set now and at its peak, in KiB, and its CPU time so far in seconds.
 fn sample(pid: u32) -> (u64, u64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap()
-    };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    (field("VmRSS:"), field("VmHWM:"), ticks as f64 / 100.0)
+    let pid_text = pid.to_string();
+    (
+        bench::status_kib(&pid_text, "VmRSS:").unwrap(),
+        bench::status_kib(&pid_text, "VmHWM:").unwrap(),
+        bench::process_cpu_seconds(pid).unwrap(),
+    )
 }
 
 fn mib(kib: u64) -> f64 {

@@ -69,24 +69,23 @@ def case(name, expect, about, **fields):
     CASES.append((name, dict(about=about, expect=expect, **fields)))
 
 
-def header(**changes):
-    h = dict(HEADER)
+def changed(base, changes):
+    """`base` with each change made; a change to None removes the member."""
+    out = dict(base)
     for k, v in changes.items():
         if v is None:
-            h.pop(k, None)
+            out.pop(k, None)
         else:
-            h[k] = v
-    return h
+            out[k] = v
+    return out
+
+
+def header(**changes):
+    return changed(HEADER, changes)
 
 
 def claims(**changes):
-    c = dict(CLAIMS)
-    for k, v in changes.items():
-        if v is None:
-            c.pop(k, None)
-        else:
-            c[k] = v
-    return c
+    return changed(CLAIMS, changes)
 
 
 # ----- controls: the genuine token, and each limit from its inside -----

@@ -303,15 +303,7 @@ impl Refresher {
                         current = sign_in(&env, &frontend, &redirect).await;
                         continue;
                     };
-                    let reply = http
-                        .post(&url)
-                        .form(&[
-                            ("grant_type", "refresh_token"),
-                            ("refresh_token", token.as_str()),
-                            ("client_id", frontend.as_str()),
-                        ])
-                        .send()
-                        .await;
+                    let reply = refresh(&http, &url, &frontend, &token).await;
                     let Ok(reply) = reply else {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         continue;
@@ -346,14 +338,7 @@ impl Refresher {
         let spent = self.spent.lock().await.clone();
         let http = reqwest::Client::new();
         for token in &spent {
-            let reply = http
-                .post(&self.url)
-                .form(&[
-                    ("grant_type", "refresh_token"),
-                    ("refresh_token", token.as_str()),
-                    ("client_id", self.frontend.as_str()),
-                ])
-                .send()
+            let reply = refresh(&http, &self.url, &self.frontend, token)
                 .await
                 .unwrap();
             let status = reply.status().as_u16();
@@ -366,6 +351,23 @@ impl Refresher {
         }
         spent.len()
     }
+}
+
+/// A refresh-token grant at the token endpoint, for the public `frontend` client.
+async fn refresh(
+    http: &reqwest::Client,
+    url: &str,
+    frontend: &str,
+    token: &str,
+) -> reqwest::Result<reqwest::Response> {
+    http.post(url)
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", token),
+            ("client_id", frontend),
+        ])
+        .send()
+        .await
 }
 
 /// `trias token --login alice` through the demo frontend; `None` while the issuer is away.

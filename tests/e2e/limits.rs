@@ -148,6 +148,15 @@ fn token_post(
         .form(&[("grant_type", "client_credentials")])
 }
 
+/// An issuer with `limits`; `None` only for a PostgreSQL run with no server configured.
+async fn limited_issuer(backend: Backend, limits: LimitsConfig) -> Option<IssuerHandle> {
+    start_issuer(IssuerOptions {
+        limits,
+        ..IssuerOptions::on(backend)
+    })
+    .await
+}
+
 fn http_from(address: IpAddr) -> reqwest::Client {
     reqwest::Client::builder()
         .local_address(address)
@@ -157,14 +166,13 @@ fn http_from(address: IpAddr) -> reqwest::Client {
 }
 
 async fn a_client_over_its_token_rate_is_slowed_down_while_others_are_served(backend: Backend) {
-    let limits = LimitsConfig {
-        token_per_client: "20/1m".parse().unwrap(),
-        ..LimitsConfig::default()
-    };
-    let Some(issuer) = start_issuer(IssuerOptions {
-        limits,
-        ..IssuerOptions::on(backend)
-    })
+    let Some(issuer) = limited_issuer(
+        backend,
+        LimitsConfig {
+            token_per_client: "20/1m".parse().unwrap(),
+            ..LimitsConfig::default()
+        },
+    )
     .await
     else {
         return;
@@ -250,14 +258,13 @@ async fn a_client_over_its_token_rate_is_slowed_down_while_others_are_served(bac
 }
 
 async fn failures_from_one_address_are_limited_while_other_addresses_are_served(backend: Backend) {
-    let limits = LimitsConfig {
-        failures_per_source: "5/1m".parse().unwrap(),
-        ..LimitsConfig::default()
-    };
-    let Some(issuer) = start_issuer(IssuerOptions {
-        limits,
-        ..IssuerOptions::on(backend)
-    })
+    let Some(issuer) = limited_issuer(
+        backend,
+        LimitsConfig {
+            failures_per_source: "5/1m".parse().unwrap(),
+            ..LimitsConfig::default()
+        },
+    )
     .await
     else {
         return;
@@ -585,14 +592,13 @@ async fn a_brute_force_on_one_user_is_limited_recorded_and_alerted(backend: Back
 }
 
 async fn the_login_page_limits_failures_per_source_across_usernames(backend: Backend) {
-    let limits = LimitsConfig {
-        failures_per_source: "5/1m".parse().unwrap(),
-        ..LimitsConfig::default()
-    };
-    let Some(issuer) = start_issuer(IssuerOptions {
-        limits,
-        ..IssuerOptions::on(backend)
-    })
+    let Some(issuer) = limited_issuer(
+        backend,
+        LimitsConfig {
+            failures_per_source: "5/1m".parse().unwrap(),
+            ..LimitsConfig::default()
+        },
+    )
     .await
     else {
         return;

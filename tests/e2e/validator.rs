@@ -697,20 +697,26 @@ async fn introspection_answers_for_the_callers_audience(backend: Backend) {
     stop(issuer, validator).await;
 }
 
-both_backends!(a_rotated_key_is_accepted_on_first_sight);
-async fn a_rotated_key_is_accepted_on_first_sight(backend: Backend) {
-    let Some(issuer) = start_issuer(IssuerOptions::on(backend)).await else {
-        return;
-    };
-    let Some(validator) = start_validator(
+/// An issuer and a validator that fetches the key set whenever it meets an unknown kid (no
+/// rate limit to wait out), as a rotation test needs.
+async fn stack_fetching_on_first_sight(
+    backend: Backend,
+) -> Option<(IssuerHandle, ValidatorHandle)> {
+    let issuer = start_issuer(IssuerOptions::on(backend)).await?;
+    let validator = start_validator(
         &issuer,
         ValidatorOptions {
             unknown_kid_min_interval: Duration::from_millis(1),
             ..ValidatorOptions::on(backend)
         },
     )
-    .await
-    else {
+    .await?;
+    Some((issuer, validator))
+}
+
+both_backends!(a_rotated_key_is_accepted_on_first_sight);
+async fn a_rotated_key_is_accepted_on_first_sight(backend: Backend) {
+    let Some((issuer, validator)) = stack_fetching_on_first_sight(backend).await else {
         return;
     };
     let (old, _) = token_for(&issuer, &["clerk"], "payments:read").await;
@@ -797,18 +803,7 @@ async fn key_rotation_during_a_check_storm_fails_no_check(backend: Backend) {
 
     const CHECKERS: usize = 4;
     const ROTATIONS: usize = 4;
-    let Some(issuer) = start_issuer(IssuerOptions::on(backend)).await else {
-        return;
-    };
-    let Some(validator) = start_validator(
-        &issuer,
-        ValidatorOptions {
-            unknown_kid_min_interval: Duration::from_millis(1),
-            ..ValidatorOptions::on(backend)
-        },
-    )
-    .await
-    else {
+    let Some((issuer, validator)) = stack_fetching_on_first_sight(backend).await else {
         return;
     };
     let issuer = Arc::new(issuer);

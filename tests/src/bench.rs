@@ -118,9 +118,36 @@ pub fn latency_json(h: &Histogram<u64>) -> Value {
 
 /// The peak resident set size of this process so far (`VmHWM`), in KiB.
 pub fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    status_kib("self", "VmHWM:")
+}
+
+/// A size field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`) in KiB; `pid` may be `self`.
+pub fn status_kib(pid: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The CPU time a process (all its threads) has used so far, in seconds.
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, ticks) = stat_ticks(&stat)?;
+    Some(ticks as f64 / CLOCK_TICKS_PER_SEC)
+}
+
+/// The name and CPU ticks (utime + stime) of a `/proc/…/stat` line.
+fn stat_ticks(stat: &str) -> Option<(String, u64)> {
+    // `pid (comm) state ppid …`: the name may hold spaces, so split after the last ')'.
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are the 14th and 15th fields; the 3rd (state) is index 0 here.
+    Some((stat[open + 1..close].to_owned(), field(11) + field(12)))
 }
 
 /// `concurrency` handles on `connections` mTLS connections (one HTTP/2 connection each) to
@@ -384,17 +411,8 @@ fn thread_samples() -> BTreeMap<u32, ThreadSample> {
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
             continue;
         };
-        // `tid (comm) state ppid …`: the name may hold spaces, so split after the last ')'.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        let Some((name, ticks)) = stat_ticks(&stat) else {
             continue;
-        };
-        let name = stat[open + 1..close].to_owned();
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let field = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<u64>().ok())
-                .unwrap_or(0)
         };
         let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
         let switches = status
@@ -406,8 +424,7 @@ fn thread_samples() -> BTreeMap<u32, ThreadSample> {
             tid,
             ThreadSample {
                 name,
-                // utime and stime are the 14th and 15th fields; the 3rd (state) is index 0 here.
-                ticks: field(11) + field(12),
+                ticks,
                 switches,
             },
         );

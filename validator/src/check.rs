@@ -380,6 +380,44 @@ pub fn issuer(claims: &Claims, expected: &str) -> Outcome {
     Ok(())
 }
 
+// ----- the token stage, in order -----
+
+/// A token whose shape and header passed, waiting for the key its kid names.
+#[derive(Debug, Clone)]
+pub struct Unverified<'a> {
+    pub parts: Parts<'a>,
+    pub algorithm: KeyAlgorithm,
+    pub kid: String,
+}
+
+/// The checks that need no key, in the validator's order, after [`size`] (which comes first
+/// of all, before the token is even hashed for the cache): the three canonical parts, the
+/// header, the algorithm allow-list, `typ`, `crit`, `cty`, and a kid.
+pub fn unverified(token: &str) -> Outcome<Unverified<'_>> {
+    let parts = split(token)?;
+    let header = header(&parts)?;
+    let algorithm = algorithm(&header)?;
+    token_type(&header)?;
+    critical(&header)?;
+    content_type(&header)?;
+    let kid = kid(&header)?.to_owned();
+    Ok(Unverified {
+        parts,
+        algorithm,
+        kid,
+    })
+}
+
+/// The checks with the key the kid names, in order: the algorithm bound to the key, the
+/// signature, the typed claims, and the exact issuer.
+pub fn verified(token: &Unverified<'_>, key: &PublicKey, expected_issuer: &str) -> Outcome<Claims> {
+    key_algorithm(token.algorithm, key)?;
+    let raw = signature(&token.parts, key)?;
+    let claims = claims(&raw, &token.kid)?;
+    issuer(&claims, expected_issuer)?;
+    Ok(claims)
+}
+
 // ----- per request -----
 
 /// `exp`, `nbf` and `iat` against `now`, allowing `skew` seconds either way.

@@ -328,23 +328,14 @@ impl Validator {
         if let Some(claims) = self.inner.cache.get(&hash, now, self.skew()) {
             return Ok(claims);
         }
-        let parts = check::split(token)?;
-        let header = check::header(&parts)?;
-        let algorithm = check::algorithm(&header)?;
-        check::token_type(&header)?;
-        check::critical(&header)?;
-        check::content_type(&header)?;
-        let kid = check::kid(&header)?;
+        let unverified = check::unverified(token)?;
         let key = self
             .inner
             .keys
-            .get_or_refresh(kid)
+            .get_or_refresh(&unverified.kid)
             .await
             .ok_or_else(|| Denial::new(Reason::UnknownKey, "the token names an unknown key"))?;
-        check::key_algorithm(algorithm, &key)?;
-        let raw = check::signature(&parts, &key)?;
-        let mut claims = check::claims(&raw, kid)?;
-        check::issuer(&claims, &settings.issuer)?;
+        let mut claims = check::verified(&unverified, &key, &settings.issuer)?;
         // The issuer and the key are the same for most tokens: the cache holds one copy.
         claims.iss = Arc::clone(&settings.issuer);
         claims.kid = Arc::clone(&key.kid);
