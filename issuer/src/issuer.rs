@@ -862,7 +862,10 @@ impl Issuer {
             self.apply_constraints(&scopes, GrantType::AuthorizationCode, Some(acr))?;
         let refresh = refresh_allowed && client.grant_types.contains(&GrantType::RefreshToken);
         let family_id = if refresh {
-            Some(secrets::random_id(&self.inner.rng)?)
+            Some(secrets::time_ordered_id(
+                &self.inner.rng,
+                self.inner.clock.now(),
+            )?)
         } else {
             None
         };
@@ -1043,7 +1046,7 @@ impl Issuer {
             scope: join_scopes(scopes),
             iat: now,
             exp: now + secs(ttl),
-            jti: secrets::random_id(&self.inner.rng)?,
+            jti: secrets::time_ordered_id(&self.inner.rng, self.inner.clock.now())?,
             acr: authn.map(|(acr, _)| acr.as_str().to_owned()),
             auth_time: authn.map(|(_, t)| t),
             sid: family_id,

@@ -1,6 +1,8 @@
 //! Random values, hashes and the checks of secrets: client secrets, refresh tokens,
 //! authorization codes, PKCE, passwords (argon2id) and TOTP (RFC 6238).
 
+use std::time::SystemTime;
+
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use data_encoding::{BASE32_NOPAD, BASE64URL_NOPAD, HEXLOWER};
@@ -23,9 +25,16 @@ pub fn random_token(rng: &SystemRandom) -> Result<String, Error> {
     Ok(BASE64URL_NOPAD.encode(&random_bytes(rng, 32)?))
 }
 
-/// A 128-bit identifier (jti, family id, user id, grant id), lowercase hex.
+/// A 128-bit identifier (user id, grant id, client id), lowercase hex.
 pub fn random_id(rng: &SystemRandom) -> Result<String, Error> {
     Ok(HEXLOWER.encode(&random_bytes(rng, 16)?))
+}
+
+/// A 128-bit identifier that sorts by creation time (token id, refresh family), lowercase
+/// hex: see `trias_runtime::id`. The auditor, the validator's ledger and the issuer's
+/// families index these ids, and new ones land at the end of each index.
+pub fn time_ordered_id(rng: &SystemRandom, now: SystemTime) -> Result<String, Error> {
+    trias_runtime::id::time_ordered(rng, now).map_err(|e| Error::Internal(e.to_string()))
 }
 
 /// SHA-256 of a high-entropy bearer value: what the database keeps instead of the value.

@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod custody;
 pub mod event;
+pub mod id;
 pub mod limit;
 pub mod metrics;
 pub mod net;

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prost::Message as _;
-use ring::rand::{SecureRandom as _, SystemRandom};
+use ring::rand::SystemRandom;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
@@ -461,12 +461,13 @@ impl Writer {
         let mut replies = Vec::with_capacity(size);
         let mut failure = None;
         for (seq, (draft, reply)) in (first_seq..).zip(batch) {
-            match random_id(&self.rng) {
+            let now = self.clock.now();
+            match crate::id::time_ordered(&self.rng, now) {
                 Ok(id) => {
-                    let event = draft.into_event(id.clone(), &self.producer, seq, self.clock.now());
+                    let event = draft.into_event(id.clone(), &self.producer, seq, now);
                     rows.push((seq, id, event.encode_to_vec()));
                 }
-                Err(e) => failure = Some(e),
+                Err(e) => failure = Some(e.to_string()),
             }
             replies.push(reply);
         }
@@ -515,14 +516,6 @@ impl Writer {
     }
 }
 
-/// 128 random bits in lowercase hex.
-fn random_id(rng: &SystemRandom) -> Result<String, String> {
-    let mut bytes = [0u8; 16];
-    rng.fill(&mut bytes)
-        .map_err(|_| "the system random generator failed".to_owned())?;
-    Ok(data_encoding::HEXLOWER.encode(&bytes))
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 mod tests {
@@ -564,6 +557,26 @@ mod tests {
         assert_eq!(events[0].time.map(|t| t.seconds), Some(1_700_000_000));
         let second = outbox.record(draft("bob")).await.unwrap();
         assert_eq!(second.producer_seq, 2);
+    }
+
+    #[tokio::test]
+    async fn event_ids_sort_by_the_time_they_were_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::at_unix(1_700_000_000));
+        let outbox = Outbox::open(
+            OutboxConfig::new(&dir.path().join("outbox.db"), "issuer"),
+            Arc::clone(&clock) as Arc<dyn Clock>,
+        )
+        .await
+        .unwrap();
+        let mut ids = Vec::new();
+        for i in 0..20 {
+            ids.push(outbox.record(draft(&format!("user{i}"))).await.unwrap().id);
+            clock.advance(Duration::from_millis(1));
+        }
+        // 1,700,000,000,000 ms is 0x18b_cfe5_6800.
+        assert!(ids[0].starts_with("018bcfe56800"), "{}", ids[0]);
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
     }
 
     #[cfg(unix)]

@@ -20,8 +20,8 @@
 //! Environment overrides (all optional):
 //! - `TRIAS_BENCH_SECONDS` (10) / `TRIAS_BENCH_WARMUP` (2): measured and warm-up seconds of
 //!   the append scenario;
-//! - `TRIAS_BENCH_AUDIT_STREAMS` (8) / `TRIAS_BENCH_AUDIT_BATCH` (100): producers and
-//!   events per batch;
+//! - `TRIAS_BENCH_AUDIT_STREAMS` (8) / `TRIAS_BENCH_AUDIT_BATCH` (500, the shipper's
+//!   `MAX_BATCH`: what a producer with a backlog sends): producers and events per batch;
 //! - `TRIAS_BENCH_AUDIT_EVENTS` (1000000): the size of the populated log;
 //! - `TRIAS_BENCH_AUDIT_SAMPLES` (1000): requests measured per query or proof kind;
 //! - `TRIAS_BENCH_AUDIT_SCENARIOS` (`append,query`);
@@ -55,6 +55,7 @@ use trias_proto::v1 as pb;
 use trias_proto::v1::auditor_client::AuditorClient;
 use trias_runtime::access::Bearer;
 use trias_runtime::clock::SystemClock;
+use trias_runtime::shipper::MAX_BATCH;
 use trias_tests::Backend;
 use trias_tests::auditor::{AccessStack, AuditorGrpc};
 use trias_tests::bench::env_or;
@@ -110,7 +111,7 @@ impl Settings {
             measure: Duration::from_secs_f64(env_or("TRIAS_BENCH_SECONDS", 10.0)),
             warmup: Duration::from_secs_f64(env_or("TRIAS_BENCH_WARMUP", 2.0)),
             streams: env_or("TRIAS_BENCH_AUDIT_STREAMS", 8usize).max(1),
-            batch: env_or("TRIAS_BENCH_AUDIT_BATCH", 100usize).clamp(1, 1000),
+            batch: env_or("TRIAS_BENCH_AUDIT_BATCH", MAX_BATCH).clamp(1, 1000),
             events: env_or("TRIAS_BENCH_AUDIT_EVENTS", 1_000_000u64).max(2),
             samples: env_or("TRIAS_BENCH_AUDIT_SAMPLES", 1000usize).max(1),
             scenarios,
@@ -137,7 +138,19 @@ fn subject(i: u64) -> String {
 /// Issuance and check pairs share a token id: entries 2k and 2k+1.
 fn token_id(i: u64) -> String {
     let pair = i / 2;
-    format!("{:016x}{:016x}", mix(pair ^ 0x5eed), mix(pair))
+    ordered_id(pair * 2, mix(pair ^ 0x5eed), mix(pair))
+}
+
+/// An id as `trias_runtime::id::time_ordered` makes it for what happened at log position `i`
+/// (one millisecond apart): the time in milliseconds, then 80 well-mixed bits.
+fn ordered_id(i: u64, a: u64, b: u64) -> String {
+    let millis = u64::try_from(BASE_NANOS / 1_000_000).unwrap() + i;
+    format!(
+        "{:012x}{:04x}{:016x}",
+        millis & 0xffff_ffff_ffff,
+        a & 0xffff,
+        b
+    )
 }
 
 /// The synthetic event at log position `i`: an issuance (even) or a check of that token
@@ -147,7 +160,7 @@ fn synthetic(i: u64, base_nanos: i64) -> pb::AuditEvent {
     let denied = mix(i ^ 0xd1ce).is_multiple_of(20);
     let audiences = ["payments", "ledger", "reports", "treasury"];
     pb::AuditEvent {
-        id: format!("evt-{:016x}-{i}", mix(i)),
+        id: ordered_id(i, mix(i ^ 0xe7e7), mix(i)),
         producer: if issued { "issuer" } else { "validator" }.into(),
         producer_seq: i / 2 + 1,
         time: Some(timestamp_of(
@@ -161,7 +174,7 @@ fn synthetic(i: u64, base_nanos: i64) -> pb::AuditEvent {
         subject: subject(i & !1),
         client_id: format!("client-{:02}", mix(i / 2) % 50),
         token_id: token_id(i),
-        family_id: format!("fam-{:012x}", mix(i / 16) & 0xffff_ffff_ffff),
+        family_id: ordered_id(i & !15, mix((i / 16) ^ 0xfa), mix(i / 16)),
         audience: audiences[(mix(i / 2) % 4) as usize].into(),
         action: if issued { "" } else { "payments:read" }.into(),
         resource: if issued {

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use serde_json::{Value, json};
 use tonic::Code;
 use trias_proto::v1::{Decision, EventKind, GetJwksRequest, TokenRequest};
+use trias_runtime::clock::Clock as _;
 use trias_tests::{
     Backend, IssuerOptions, assert_no_bearer_values, claims, client_credentials, jwt_parts,
     refused, start_issuer,
@@ -54,6 +55,15 @@ async fn client_credentials_over_grpc(backend: Backend) {
     assert_eq!(claims["iat"], now);
     assert_eq!(claims["exp"], now + 300);
     assert_eq!(claims["jti"], response.token_id.as_str());
+    // Time-ordered (trias_runtime::id): the time it was minted, in ms, then 80 random bits.
+    let millis = issuer
+        .clock
+        .now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    assert_eq!(response.token_id[..12], format!("{millis:012x}"));
+    assert_eq!(response.token_id.len(), 32);
     assert!(claims.get("acr").is_none() && claims.get("sid").is_none());
 
     let wrong = grpc
