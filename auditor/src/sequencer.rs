@@ -6,6 +6,10 @@
 //! entries and appends their alerts after them, extends the in-memory frontier, signs the
 //! checkpoint of the new tree, and writes entries, new nodes, checkpoint and detector state in
 //! ONE transaction: an alert is never lost while its evidence is logged, nor logged twice.
+//! The next group is prepared while that transaction runs (at most one in flight): it is
+//! deduplicated against the group in flight as well as the log, built on the tree as it
+//! will be, and thrown away (its waiters told the log is unavailable) if the group in
+//! flight fails. No one is answered before their own group is durable.
 //! A timer also wakes the writer, so a passed check whose grace ends while no appends
 //! arrive still gets its `never_issued` decision. The frontier is restored from the stored nodes at start and checked against
 //! the last signed checkpoint, so the auditor never signs a checkpoint inconsistent with an
@@ -344,6 +348,7 @@ impl Sequencer {
             alerts: alerts_tx,
             commits: Arc::clone(&commits),
             counts: counts.clone(),
+            in_flight: None,
             _stopped: stopped_tx,
         };
         tokio::spawn(writer.run(queue));
@@ -412,6 +417,7 @@ struct Writer {
     store: Store,
     key: Arc<SigningKey>,
     clock: Arc<dyn Clock>,
+    /// The committed tree (the group in flight, if any, not included).
     frontier: Frontier,
     detectors: Detectors,
     rng: SystemRandom,
@@ -419,6 +425,8 @@ struct Writer {
     alerts: watch::Sender<Option<u64>>,
     commits: Arc<AtomicU64>,
     counts: Counts,
+    /// The group whose transaction is running, if any.
+    in_flight: Option<InFlight>,
     _stopped: watch::Sender<()>,
 }
 
@@ -427,6 +435,61 @@ enum Outcome {
     Indexes(Vec<u64>),
     Refused(Error),
 }
+
+/// Who waits for a group's commit: the appends, each with how it fared, and the callers of
+/// `raise`.
+#[derive(Default)]
+struct Waiters {
+    appends: Vec<(Outcome, oneshot::Sender<Result<Appended, Error>>)>,
+    raised: Vec<oneshot::Sender<Result<(), Error>>>,
+}
+
+impl Waiters {
+    /// Answers everyone; appends that were not refused get `checkpoint`.
+    fn answer(self, checkpoint: &Result<Arc<StoredCheckpoint>, Error>) {
+        for (outcome, reply) in self.appends {
+            let answer = match (outcome, checkpoint) {
+                (Outcome::Refused(error), _) => Err(error),
+                (Outcome::Indexes(indexes), Ok(checkpoint)) => Ok(Appended {
+                    indexes,
+                    checkpoint: Arc::clone(checkpoint),
+                }),
+                (Outcome::Indexes(_), Err(error)) => Err(error.clone()),
+            };
+            let _ = reply.send(answer);
+        }
+        for reply in self.raised {
+            let _ = reply.send(checkpoint.as_ref().map(drop).map_err(Clone::clone));
+        }
+    }
+}
+
+/// A group made ready to commit: its batch, and what to publish once it is durable.
+struct Prepared {
+    batch: Batch,
+    frontier: Frontier,
+    observed: Vec<(u64, AuditEvent)>,
+    kinds: Vec<&'static str>,
+    alerted: Option<u64>,
+    waiters: Waiters,
+    /// The ids this group logs, with their index and leaf hash.
+    known: HashMap<String, (u64, Hash)>,
+}
+
+/// The group being committed while the next one is prepared: the writer overlaps preparing
+/// a group (the dedup lookup, the detectors, hashing, signing) with the previous group's
+/// transaction, and answers nobody before their own group is durable.
+struct InFlight {
+    task: tokio::task::JoinHandle<(Batch, Result<(), StoreError>)>,
+    frontier: Frontier,
+    observed: Vec<(u64, AuditEvent)>,
+    kinds: Vec<&'static str>,
+    alerted: Option<u64>,
+    waiters: Waiters,
+    known: HashMap<String, (u64, Hash)>,
+}
+
+type Committed = Result<(Batch, Result<(), StoreError>), tokio::task::JoinError>;
 
 impl Writer {
     async fn run(mut self, mut queue: mpsc::Receiver<Request>) {
@@ -441,11 +504,23 @@ impl Writer {
                         Some(request) => request,
                         None => break,
                     },
+                    committed = async {
+                        match self.in_flight.as_mut() {
+                            Some(in_flight) => (&mut in_flight.task).await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        if let Some(in_flight) = self.in_flight.take() {
+                            // Its waiters are answered, failure included.
+                            let _ = self.publish(in_flight, committed).await;
+                        }
+                        continue;
+                    }
                     _ = tick.tick() => {
                         self.detectors.prune();
                         if self.detectors.has_due(now_nanos(self.clock.as_ref())) {
                             // A failed commit is logged and retried on the next tick.
-                            let _ = self.commit_group(Vec::new(), Vec::new()).await;
+                            self.commit_group(Vec::new(), Waiters::default(), Vec::new()).await;
                         }
                         continue;
                     }
@@ -468,26 +543,146 @@ impl Writer {
                             Err(_) => break,
                         }
                     }
-                    // Every waiter has been answered, failure included.
-                    let _ = self.commit_group(group, Vec::new()).await;
+                    self.commit_group(group, Waiters::default(), Vec::new())
+                        .await;
                 }
                 Request::Raise { alert, reply } => {
-                    let committed = self.commit_group(Vec::new(), vec![alert]).await;
-                    let _ = reply.send(committed);
+                    let waiters = Waiters {
+                        appends: Vec::new(),
+                        raised: vec![reply],
+                    };
+                    self.commit_group(Vec::new(), waiters, vec![alert]).await;
                 }
                 // Refuse new requests but keep receiving the ones already queued.
                 Request::Close => queue.close(),
             }
         }
+        // Its waiters are answered, failure included.
+        let _ = self.settle().await;
     }
 
     /// Logs a group of appends and the alerts `raised` by the auditor itself, with the
-    /// detectors' alerts, in one transaction; says whether the commit succeeded.
+    /// detectors' alerts, in one transaction, started once the previous group's has
+    /// committed. Every waiter is answered once its group is durable, or has failed.
     async fn commit_group(
         &mut self,
         group: Vec<Waiter>,
+        waiters: Waiters,
         raised: Vec<detect::Alert>,
-    ) -> Result<(), Error> {
+    ) {
+        // While the previous group commits.
+        let prepared = self.prepare(group, waiters, raised).await;
+        let previous = self.settle().await;
+        let Some(prepared) = prepared else { return };
+        if let Err(error) = previous {
+            // Prepared on a state that did not commit: the writer has re-read the log.
+            prepared.waiters.answer(&Err(error));
+            return;
+        }
+        if prepared.batch.entries.is_empty() {
+            // Nothing new: the current checkpoint already covers every index answered.
+            prepared
+                .waiters
+                .answer(&Ok(Arc::clone(&self.latest.borrow())));
+            return;
+        }
+        let Prepared {
+            batch,
+            frontier,
+            observed,
+            kinds,
+            alerted,
+            waiters,
+            known,
+        } = prepared;
+        let store = self.store.clone();
+        let task = tokio::spawn(async move {
+            let result = store.append(&batch).await;
+            (batch, result)
+        });
+        self.in_flight = Some(InFlight {
+            task,
+            frontier,
+            observed,
+            kinds,
+            alerted,
+            waiters,
+            known,
+        });
+    }
+
+    /// Waits for the group in flight, if any, and publishes it.
+    async fn settle(&mut self) -> Result<(), Error> {
+        match self.in_flight.take() {
+            Some(mut in_flight) => {
+                let committed = (&mut in_flight.task).await;
+                self.publish(in_flight, committed).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// After a group's transaction: on success the new checkpoint is published and its
+    /// waiters answered; on failure they are told the log is unavailable and the writer
+    /// re-reads the log, dropping the state it had built on the failed group.
+    async fn publish(&mut self, in_flight: InFlight, committed: Committed) -> Result<(), Error> {
+        let InFlight {
+            frontier,
+            observed,
+            kinds,
+            alerted,
+            waiters,
+            ..
+        } = in_flight;
+        let outcome = match committed {
+            Ok((batch, Ok(()))) => {
+                debug_assert_eq!(frontier.size(), batch.checkpoint.tree_size);
+                self.frontier = frontier;
+                self.commits.fetch_add(1, Ordering::Relaxed);
+                let checkpoint = Arc::new(batch.checkpoint);
+                self.latest.send_replace(Arc::clone(&checkpoint));
+                if alerted.is_some() {
+                    self.alerts.send_replace(alerted);
+                }
+                for (index, event) in &observed {
+                    self.counts.appended.with(&[&event.producer]).inc();
+                    integrated_span(*index, event);
+                }
+                for kind in kinds {
+                    self.counts.alerts.with(&[kind]).inc();
+                }
+                tracing::debug!(
+                    events = batch.entries.len(),
+                    tree_size = checkpoint.tree_size,
+                    "appended"
+                );
+                Ok(checkpoint)
+            }
+            Ok((batch, Err(error))) => {
+                tracing::error!(%error, events = batch.entries.len(), "audit log commit failed");
+                Err(Error::Unavailable)
+            }
+            Err(error) => {
+                tracing::error!(%error, "audit log commit task failed");
+                Err(Error::Unavailable)
+            }
+        };
+        if outcome.is_err() {
+            self.resync().await;
+        }
+        waiters.answer(&outcome);
+        outcome.map(drop)
+    }
+
+    /// Dedups the group against the log and the group in flight, assigns indexes, runs the
+    /// detectors, extends a copy of the frontier and signs its checkpoint. `None` when the
+    /// log could not be read, after answering every waiter.
+    async fn prepare(
+        &mut self,
+        group: Vec<Waiter>,
+        mut waiters: Waiters,
+        raised: Vec<detect::Alert>,
+    ) -> Option<Prepared> {
         let ids: Vec<&str> = group
             .iter()
             .flat_map(|(events, _)| events.iter().map(|(e, _)| e.id.as_str()))
@@ -497,25 +692,35 @@ impl Writer {
             Err(error) => {
                 let error = Error::from(error);
                 for (_, reply) in group {
-                    let _ = reply.send(Err(error.clone()));
+                    waiters
+                        .appends
+                        .push((Outcome::Refused(error.clone()), reply));
                 }
-                return Err(error);
+                waiters.answer(&Err(error));
+                return None;
             }
         };
-        // Known ids: index and leaf hash, from the log and from this group.
+        // Known ids: index and leaf hash, from the log, the group in flight and this group.
         let mut known: HashMap<String, (u64, Hash)> = logged
             .into_iter()
             .map(|(id, (index, leaf))| (id, (index, leaf_hash(&leaf))))
             .collect();
-        let mut frontier = self.frontier.clone();
+        if let Some(in_flight) = &self.in_flight {
+            known.extend(in_flight.known.iter().map(|(id, at)| (id.clone(), *at)));
+        }
+        let mut new_ids = HashMap::new();
+        // On the tree as it will be once the group in flight commits; `self.frontier` stays
+        // the committed tree, so a failed commit leaves nothing of it behind, even when the
+        // log cannot be re-read.
+        let mut frontier = match &self.in_flight {
+            Some(in_flight) => in_flight.frontier.clone(),
+            None => self.frontier.clone(),
+        };
         let mut entries = Vec::new();
         let mut observed: Vec<(u64, AuditEvent)> = Vec::new();
         let mut nodes = Vec::new();
         let mut producers: HashMap<String, u64> = HashMap::new();
-        let mut outcomes = Vec::with_capacity(group.len());
-        let mut replies = Vec::with_capacity(group.len());
         for (events, reply) in group {
-            replies.push(reply);
             // First check the whole request, so a refused one adds nothing.
             let mut local: HashMap<&str, Hash> = HashMap::new();
             let mut conflict = None;
@@ -532,9 +737,10 @@ impl Writer {
                 local.insert(&event.id, hash);
             }
             if let Some(id) = conflict {
-                outcomes.push(Outcome::Refused(Error::InvalidArgument(format!(
+                let refused = Error::InvalidArgument(format!(
                     "event id {id:?} is already logged with different content"
-                ))));
+                ));
+                waiters.appends.push((Outcome::Refused(refused), reply));
                 continue;
             }
             let mut indexes = Vec::with_capacity(events.len());
@@ -549,11 +755,12 @@ impl Writer {
                 let seq = producers.entry(event.producer.clone()).or_default();
                 *seq = (*seq).max(event.producer_seq);
                 known.insert(event.id.clone(), (index, hash));
+                new_ids.insert(event.id.clone(), (index, hash));
                 entries.push(Entry::new(index, &event, leaf));
                 observed.push((index, event));
                 indexes.push(index);
             }
-            outcomes.push(Outcome::Indexes(indexes));
+            waiters.appends.push((Outcome::Indexes(indexes), reply));
         }
 
         // The detectors see the new entries only (a retried event is not seen twice), and
@@ -577,14 +784,14 @@ impl Writer {
             alerted = Some(index);
         }
         let decided_below = self.detectors.decided_below(frontier.size());
-
         let checkpoint = if entries.is_empty() {
-            // Nothing new: the current checkpoint already covers every index answered.
-            Ok(Arc::clone(&self.latest.borrow()))
+            // Not committed: `commit_group` answers with the current checkpoint.
+            StoredCheckpoint::clone(&self.latest.borrow())
         } else {
-            let checkpoint = sign(&self.key, &frontier, self.clock.as_ref());
-            let size = entries.len();
-            let batch = Batch {
+            sign(&self.key, &frontier, self.clock.as_ref())
+        };
+        Some(Prepared {
+            batch: Batch {
                 entries,
                 nodes,
                 checkpoint,
@@ -593,45 +800,14 @@ impl Writer {
                     NEVER_ISSUED_FROM.to_owned(),
                     crate::store::to_sql(decided_below),
                 )],
-            };
-            match self.store.append(&batch).await {
-                Ok(()) => {
-                    self.frontier = frontier;
-                    self.commits.fetch_add(1, Ordering::Relaxed);
-                    let checkpoint = Arc::new(batch.checkpoint);
-                    self.latest.send_replace(Arc::clone(&checkpoint));
-                    if alerted.is_some() {
-                        self.alerts.send_replace(alerted);
-                    }
-                    for (index, event) in &observed {
-                        self.counts.appended.with(&[&event.producer]).inc();
-                        integrated_span(*index, event);
-                    }
-                    for kind in kinds {
-                        self.counts.alerts.with(&[kind]).inc();
-                    }
-                    tracing::debug!(events = size, tree_size = checkpoint.tree_size, "appended");
-                    Ok(checkpoint)
-                }
-                Err(error) => {
-                    tracing::error!(%error, events = size, "audit log commit failed");
-                    self.resync().await;
-                    Err(Error::Unavailable)
-                }
-            }
-        };
-        for (outcome, reply) in outcomes.into_iter().zip(replies) {
-            let answer = match (outcome, &checkpoint) {
-                (Outcome::Refused(error), _) => Err(error),
-                (Outcome::Indexes(indexes), Ok(checkpoint)) => Ok(Appended {
-                    indexes,
-                    checkpoint: Arc::clone(checkpoint),
-                }),
-                (Outcome::Indexes(_), Err(error)) => Err(error.clone()),
-            };
-            let _ = reply.send(answer);
-        }
-        checkpoint.map(drop)
+            },
+            frontier,
+            observed,
+            kinds,
+            alerted,
+            waiters,
+            known: new_ids,
+        })
     }
 
     /// Runs the detectors over the new entries and decides the passed checks whose grace
@@ -648,8 +824,10 @@ impl Writer {
         tokens.dedup();
         match self.store.token_facts(&tokens).await {
             Ok(mut facts) => {
-                // Issued in this very group: not yet in the database.
-                for (_, event) in observed {
+                // Issued in this group or the one in flight: perhaps not yet in the
+                // database.
+                let in_flight = self.in_flight.iter().flat_map(|f| f.observed.iter());
+                for (_, event) in observed.iter().chain(in_flight) {
                     if event.kind() == EventKind::TokenIssued && !event.token_id.is_empty() {
                         facts.entry(event.token_id.clone()).or_default().issued = true;
                     }

@@ -97,6 +97,7 @@ both_backends!(
     queries_filter_order_and_page,
     time_range_queries_page_in_time_order,
     concurrent_appends_share_commits,
+    a_retry_racing_its_first_commit_gets_the_same_index,
     invalid_batches_append_nothing,
 );
 
@@ -615,6 +616,48 @@ async fn concurrent_appends_share_commits(store: Store) {
         auditor.sequencer().commits()
     );
     assert_eq!(auditor.checkpoint().tree_size, 200);
+}
+
+/// The sequencer prepares a group while the previous one commits: an event whose first copy
+/// is in that transaction must be recognised from the group in flight, not only from the
+/// database, or it would be logged twice (and the commit refused by the unique index).
+async fn a_retry_racing_its_first_commit_gets_the_same_index(store: Store) {
+    let auditor = auditor(store, key()).await;
+    const EVENTS: u64 = 300;
+    const ROUNDS: u64 = 3;
+    for round in 0..ROUNDS {
+        let mut tasks = tokio::task::JoinSet::new();
+        // Each event twice, the copies far apart in arrival order, so that they fall into
+        // different groups, one of them committing while the other is prepared.
+        let order = (0..EVENTS).chain((0..EVENTS).rev());
+        for i in order {
+            let auditor = auditor.clone();
+            tasks.spawn(async move {
+                let e = event(&format!("r{round}-{i}"), "issuer", 1, "alice");
+                let appended = auditor.append("issuer", vec![e]).await.unwrap();
+                (i, appended.indexes[0], appended.checkpoint.tree_size)
+            });
+        }
+        let mut seen = std::collections::HashMap::new();
+        while let Some(done) = tasks.join_next().await {
+            let (i, index, size) = done.unwrap();
+            assert!(size > index, "answered before its checkpoint covered it");
+            if let Some(first) = seen.insert(i, index) {
+                assert_eq!(first, index, "event r{round}-{i} got two indexes");
+            }
+        }
+        assert_eq!(seen.len() as u64, EVENTS);
+    }
+    assert_eq!(auditor.checkpoint().tree_size, EVENTS * ROUNDS);
+    assert_eq!(
+        auditor.store().entry_count().await.unwrap(),
+        EVENTS * ROUNDS
+    );
+    assert!(
+        auditor.sequencer().commits() > ROUNDS,
+        "one commit a round would not race: {}",
+        auditor.sequencer().commits()
+    );
 }
 
 async fn invalid_batches_append_nothing(store: Store) {
