@@ -88,6 +88,7 @@ macro_rules! both_backends {
 
 both_backends!(
     a_batch_is_stored_and_read_back,
+    a_batch_larger_than_one_statement_is_stored_whole,
     update_and_delete_are_refused_by_the_database,
     a_batch_repeating_a_stored_event_fails_whole,
     appends_are_idempotent_by_event_id,
@@ -192,6 +193,31 @@ async fn a_batch_is_stored_and_read_back(store: Store) {
     assert_eq!(logged["e3"], (3, batch.entries[3].leaf.clone()));
     assert_eq!(store.producer_last_seq("issuer").await.unwrap(), Some(5));
     assert_eq!(store.producer_last_seq("validator").await.unwrap(), None);
+}
+
+/// A batch larger than one multi-row statement on either backend (2,048 entries and 8,192
+/// nodes per statement on PostgreSQL, fewer on SQLite), and lookups larger than one `IN`
+/// list: every row is written once and every id is found.
+async fn a_batch_larger_than_one_statement_is_stored_whole(store: Store) {
+    let key = key();
+    let batch = batch(5000, &key);
+    assert!(batch.nodes.len() > 4 * 2048, "{} nodes", batch.nodes.len());
+    store.append(&batch).await.unwrap();
+    assert_eq!(store.entry_count().await.unwrap(), 5000);
+    let ids: Vec<String> = (0..5000).map(|i| format!("e{i}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let logged = store.logged(&ids).await.unwrap();
+    assert_eq!(logged.len(), 5000);
+    for entry in &batch.entries {
+        assert_eq!(logged[&entry.event_id], (entry.index, entry.leaf.clone()));
+    }
+    let wanted: Vec<_> = batch.nodes.iter().map(|(id, _)| *id).collect();
+    let nodes = store.nodes(&wanted).await.unwrap();
+    assert_eq!(nodes.len(), batch.nodes.len());
+    assert_eq!(
+        store.last_checkpoint().await.unwrap(),
+        Some(batch.checkpoint)
+    );
 }
 
 async fn update_and_delete_are_refused_by_the_database(store: Store) {
@@ -707,6 +733,29 @@ async fn invalid_batches_append_nothing(store: Store) {
     assert!(matches!(error, Error::PermissionDenied(_)), "{error}");
     assert_eq!(auditor.store().entry_count().await.unwrap(), 0);
     assert_eq!(auditor.checkpoint().tree_size, 0);
+}
+
+/// Every PostgreSQL connection of the log's pool plans each statement with its own values: a
+/// generic plan made while the log was nearly empty would scan the whole entries table for
+/// every event-id lookup as the log grows (see `Store::open`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_never_keep_a_generic_plan() {
+    let Some((store, place)) = open("postgres").await else {
+        return;
+    };
+    // Hold several connections at once, so that the pool has to open new ones.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut conn = store.pool().acquire().await.unwrap();
+        let mode: String = sqlx::query_scalar("SELECT current_setting('plan_cache_mode')")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(mode, "force_custom_plan");
+        held.push(conn);
+    }
+    drop(held);
+    place.clean_up(store).await;
 }
 
 /// On PostgreSQL the log is append-only twice over: the triggers refuse UPDATE, DELETE and
