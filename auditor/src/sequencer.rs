@@ -464,11 +464,12 @@ impl Waiters {
     }
 }
 
-/// A group made ready to commit: its batch, and what to publish once it is durable.
-struct Prepared {
-    batch: Batch,
+/// What a group needs once its transaction is over, whether prepared or in flight.
+struct Group {
+    /// The tree with this group's entries.
     frontier: Frontier,
     observed: Vec<(u64, AuditEvent)>,
+    /// The detectors whose alerts this group logs.
     kinds: Vec<&'static str>,
     alerted: Option<u64>,
     waiters: Waiters,
@@ -476,17 +477,18 @@ struct Prepared {
     known: HashMap<String, (u64, Hash)>,
 }
 
+/// A group made ready to commit: its batch, and what to publish once it is durable.
+struct Prepared {
+    batch: Batch,
+    group: Group,
+}
+
 /// The group being committed while the next one is prepared: the writer overlaps preparing
 /// a group (the dedup lookup, the detectors, hashing, signing) with the previous group's
 /// transaction, and answers nobody before their own group is durable.
 struct InFlight {
     task: tokio::task::JoinHandle<(Batch, Result<(), StoreError>)>,
-    frontier: Frontier,
-    observed: Vec<(u64, AuditEvent)>,
-    kinds: Vec<&'static str>,
-    alerted: Option<u64>,
-    waiters: Waiters,
-    known: HashMap<String, (u64, Hash)>,
+    group: Group,
 }
 
 type Committed = Result<(Batch, Result<(), StoreError>), tokio::task::JoinError>;
@@ -576,39 +578,21 @@ impl Writer {
         let Some(prepared) = prepared else { return };
         if let Err(error) = previous {
             // Prepared on a state that did not commit: the writer has re-read the log.
-            prepared.waiters.answer(&Err(error));
+            prepared.group.waiters.answer(&Err(error));
             return;
         }
-        if prepared.batch.entries.is_empty() {
+        let Prepared { batch, group } = prepared;
+        if batch.entries.is_empty() {
             // Nothing new: the current checkpoint already covers every index answered.
-            prepared
-                .waiters
-                .answer(&Ok(Arc::clone(&self.latest.borrow())));
+            group.waiters.answer(&Ok(Arc::clone(&self.latest.borrow())));
             return;
         }
-        let Prepared {
-            batch,
-            frontier,
-            observed,
-            kinds,
-            alerted,
-            waiters,
-            known,
-        } = prepared;
         let store = self.store.clone();
         let task = tokio::spawn(async move {
             let result = store.append(&batch).await;
             (batch, result)
         });
-        self.in_flight = Some(InFlight {
-            task,
-            frontier,
-            observed,
-            kinds,
-            alerted,
-            waiters,
-            known,
-        });
+        self.in_flight = Some(InFlight { task, group });
     }
 
     /// Waits for the group in flight, if any, and publishes it.
@@ -626,14 +610,14 @@ impl Writer {
     /// waiters answered; on failure they are told the log is unavailable and the writer
     /// re-reads the log, dropping the state it had built on the failed group.
     async fn publish(&mut self, in_flight: InFlight, committed: Committed) -> Result<(), Error> {
-        let InFlight {
+        let Group {
             frontier,
             observed,
             kinds,
             alerted,
             waiters,
             ..
-        } = in_flight;
+        } = in_flight.group;
         let outcome = match committed {
             Ok((batch, Ok(()))) => {
                 debug_assert_eq!(frontier.size(), batch.checkpoint.tree_size);
@@ -706,14 +690,20 @@ impl Writer {
             .map(|(id, (index, leaf))| (id, (index, leaf_hash(&leaf))))
             .collect();
         if let Some(in_flight) = &self.in_flight {
-            known.extend(in_flight.known.iter().map(|(id, at)| (id.clone(), *at)));
+            known.extend(
+                in_flight
+                    .group
+                    .known
+                    .iter()
+                    .map(|(id, at)| (id.clone(), *at)),
+            );
         }
         let mut new_ids = HashMap::new();
         // On the tree as it will be once the group in flight commits; `self.frontier` stays
         // the committed tree, so a failed commit leaves nothing of it behind, even when the
         // log cannot be re-read.
         let mut frontier = match &self.in_flight {
-            Some(in_flight) => in_flight.frontier.clone(),
+            Some(in_flight) => in_flight.group.frontier.clone(),
             None => self.frontier.clone(),
         };
         let mut entries = Vec::new();
@@ -801,12 +791,14 @@ impl Writer {
                     crate::store::to_sql(decided_below),
                 )],
             },
-            frontier,
-            observed,
-            kinds,
-            alerted,
-            waiters,
-            known: new_ids,
+            group: Group {
+                frontier,
+                observed,
+                kinds,
+                alerted,
+                waiters,
+                known: new_ids,
+            },
         })
     }
 
@@ -826,7 +818,7 @@ impl Writer {
             Ok(mut facts) => {
                 // Issued in this group or the one in flight: perhaps not yet in the
                 // database.
-                let in_flight = self.in_flight.iter().flat_map(|f| f.observed.iter());
+                let in_flight = self.in_flight.iter().flat_map(|f| f.group.observed.iter());
                 for (_, event) in observed.iter().chain(in_flight) {
                     if event.kind() == EventKind::TokenIssued && !event.token_id.is_empty() {
                         facts.entry(event.token_id.clone()).or_default().issued = true;
