@@ -564,7 +564,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::at_unix(1_700_000_000));
         let outbox = Outbox::open(
-            OutboxConfig::new(&dir.path().join("outbox.db"), "issuer"),
+            OutboxConfig::new(dir.path().join("outbox.db"), "issuer"),
             Arc::clone(&clock) as Arc<dyn Clock>,
         )
         .await
