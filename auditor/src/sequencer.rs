@@ -684,21 +684,21 @@ impl Writer {
                 return None;
             }
         };
-        // Known ids: index and leaf hash, from the log, the group in flight and this group.
-        let mut known: HashMap<String, (u64, Hash)> = logged
+        // Known ids, with index and leaf hash: in the log, in the group in flight, or new in
+        // this group.
+        let logged: HashMap<String, (u64, Hash)> = logged
             .into_iter()
             .map(|(id, (index, leaf))| (id, (index, leaf_hash(&leaf))))
             .collect();
-        if let Some(in_flight) = &self.in_flight {
-            known.extend(
-                in_flight
-                    .group
-                    .known
-                    .iter()
-                    .map(|(id, at)| (id.clone(), *at)),
-            );
-        }
-        let mut new_ids = HashMap::new();
+        let in_flight = self.in_flight.as_ref().map(|f| &f.group.known);
+        let mut new_ids: HashMap<String, (u64, Hash)> = HashMap::new();
+        let known = |new_ids: &HashMap<String, (u64, Hash)>, id: &str| {
+            logged
+                .get(id)
+                .or_else(|| in_flight.and_then(|known| known.get(id)))
+                .or_else(|| new_ids.get(id))
+                .copied()
+        };
         // On the tree as it will be once the group in flight commits; `self.frontier` stays
         // the committed tree, so a failed commit leaves nothing of it behind, even when the
         // log cannot be re-read.
@@ -716,9 +716,8 @@ impl Writer {
             let mut conflict = None;
             for (event, leaf) in &events {
                 let hash = leaf_hash(leaf);
-                let earlier = known
-                    .get(&event.id)
-                    .map(|(_, h)| *h)
+                let earlier = known(&new_ids, &event.id)
+                    .map(|(_, h)| h)
                     .or_else(|| local.get(event.id.as_str()).copied());
                 if earlier.is_some_and(|h| h != hash) {
                     conflict = Some(event.id.clone());
@@ -735,8 +734,8 @@ impl Writer {
             }
             let mut indexes = Vec::with_capacity(events.len());
             for (event, leaf) in events {
-                if let Some((index, _)) = known.get(&event.id) {
-                    indexes.push(*index);
+                if let Some((index, _)) = known(&new_ids, &event.id) {
+                    indexes.push(index);
                     continue;
                 }
                 let index = frontier.size();
@@ -744,7 +743,6 @@ impl Writer {
                 nodes.extend(frontier.push(hash));
                 let seq = producers.entry(event.producer.clone()).or_default();
                 *seq = (*seq).max(event.producer_seq);
-                known.insert(event.id.clone(), (index, hash));
                 new_ids.insert(event.id.clone(), (index, hash));
                 entries.push(Entry::new(index, &event, leaf));
                 observed.push((index, event));
