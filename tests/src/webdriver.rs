@@ -25,6 +25,10 @@ const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// How long any one WebDriver command, or chromedriver's start, may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long finding an element waits for it to appear (WebDriver's implicit wait). A click
+/// that submits a form can return before the next page has replaced the current one, so a
+/// lookup right after it must wait for the new page rather than search the old one.
+const FIND_WAIT: Duration = Duration::from_secs(10);
 
 /// Chromium and chromedriver, found on the `PATH`.
 #[derive(Debug, Clone)]
@@ -138,6 +142,7 @@ impl Browser {
             "capabilities": {
                 "alwaysMatch": {
                     "browserName": "chrome",
+                "timeouts": { "implicit": FIND_WAIT.as_secs() * 1000 },
                     "goog:chromeOptions": {
                         "binary": binaries.chromium.display().to_string(),
                         "args": [
@@ -203,7 +208,8 @@ impl Browser {
         value.as_str().unwrap_or_default().to_owned()
     }
 
-    /// The first element matching a CSS selector, or `None`.
+    /// The first element matching a CSS selector, waiting up to `FIND_WAIT` for one to
+    /// appear, or `None`.
     pub async fn find(&self, selector: &str) -> Option<Element> {
         let url = format!("{}{}", self.base, self.session_path("/element"));
         let body = json!({ "using": "css selector", "value": selector });
@@ -240,7 +246,8 @@ impl Browser {
         .await;
     }
 
-    /// Clicks an element; a click that submits a form returns once the next page loaded.
+    /// Clicks an element. A click that submits a form may return before the next page has
+    /// loaded; [`Browser::element`] waits for it (see `FIND_WAIT`).
     pub async fn click(&self, element: &Element) {
         let path = self.session_path(&format!("/element/{}/click", element.0));
         self.command("POST", &path, None).await;
